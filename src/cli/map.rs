@@ -1,0 +1,318 @@
+//! `gateway map`: the dry run of the mapping layer (DESIGN §1). No database, no network.
+//!
+//! Each input line is a Segment event, or `{"event": {...}, "settings": {...}}`. Each output
+//! line is what would be sent: `{"action", "requests"}`, `{"action", "error"}` or
+//! `{"action": null, "skipped"}`. Secrets print as `"<redacted>"`.
+
+use super::read_json_file;
+use crate::iterable::api::Hosts;
+use crate::mapping::{js, Action, ActionError, Destination, Mode, Outcome, PlannedRequest};
+use crate::segment::event::SegmentEvent;
+use clap::Args;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct MapArgs {
+    /// Settings applied to every line (a line's own "settings" override them key by key).
+    #[arg(long)]
+    pub settings: Option<PathBuf>,
+    /// Map all lines as one batch and print the bulk requests.
+    #[arg(long)]
+    pub batch: bool,
+    /// What the input lines are: Segment events (default) or Iterable webhook bodies.
+    #[arg(long, value_parser = ["segment", "iterable"], default_value = "segment")]
+    pub from: String,
+    /// "Now" for createdAt defaults: RFC 3339 or Unix milliseconds (default: the clock).
+    #[arg(long)]
+    pub now: Option<String>,
+}
+
+pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
+    if args.from == "iterable" {
+        anyhow::bail!("--from iterable is not available yet: the Iterable → Segment direction comes with the webhook source");
+    }
+    let defaults = match &args.settings {
+        Some(p) => match read_json_file(p)? {
+            Value::Object(m) => m,
+            _ => anyhow::bail!("{} must hold a JSON object of settings", p.display()),
+        },
+        None => Map::new(),
+    };
+    let now_ms = parse_now(args.now.as_deref())?;
+    let mut mapper = Mapper::new(defaults);
+    let stdin = std::io::stdin().lock();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    if args.batch {
+        let lines: Vec<String> = stdin.lines().collect::<Result<_, _>>()?;
+        for line in mapper.map_batch(&lines, now_ms) {
+            out.write_all(js::to_json_string(&line).as_bytes())?;
+            out.write_all(b"\n")?;
+        }
+    } else {
+        for line in stdin.lines() {
+            let line = line?;
+            out.write_all(js::to_json_string(&mapper.map_line(&line, now_ms)).as_bytes())?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_now(now: Option<&str>) -> anyhow::Result<i64> {
+    match now {
+        None => Ok(chrono::Utc::now().timestamp_millis()),
+        Some(s) => s
+            .parse::<i64>()
+            .ok()
+            .or_else(|| {
+                chrono::DateTime::parse_from_rfc3339(s)
+                    .ok()
+                    .map(|d| d.timestamp_millis())
+            })
+            .ok_or_else(|| {
+                anyhow::anyhow!("--now {s:?} is neither RFC 3339 nor Unix milliseconds")
+            }),
+    }
+}
+
+/// Compiles each distinct settings object once and maps lines with it.
+pub struct Mapper {
+    defaults: Map<String, Value>,
+    hosts: Hosts,
+    compiled: HashMap<String, Result<(Destination, bool), String>>,
+}
+
+/// One parsed input line.
+struct Line {
+    event: SegmentEvent,
+    settings_key: String,
+}
+
+impl Mapper {
+    pub fn new(defaults: Map<String, Value>) -> Mapper {
+        Mapper {
+            defaults,
+            hosts: Hosts::default(),
+            compiled: HashMap::new(),
+        }
+    }
+
+    /// Maps one input line to its output line.
+    pub fn map_line(&mut self, line: &str, now_ms: i64) -> Value {
+        let parsed = match self.parse(line) {
+            Ok(p) => p,
+            Err(out) => return out,
+        };
+        let (dest, has_key) = match &self.compiled[&parsed.settings_key] {
+            Ok((d, k)) => (d, *k),
+            Err(_) => unreachable!("parse() rejects lines whose settings do not compile"),
+        };
+        let outcomes = dest.plan(&parsed.event, now_ms);
+        let render = |o: &Outcome| render_outcome(o, dest, &self.hosts, has_key);
+        match outcomes.as_slice() {
+            [one] => render(one),
+            many => json!({ "actions": many.iter().map(render).collect::<Vec<_>>() }),
+        }
+    }
+
+    fn parse(&mut self, line: &str) -> Result<Line, Value> {
+        if line.trim().is_empty() {
+            return Err(json!({"action": null, "skipped": "empty line"}));
+        }
+        let value: Value = serde_json::from_str(line)
+            .map_err(|e| error_line("INVALID_JSON", format!("the line is not JSON: {e}")))?;
+        let (event, line_settings) = match value {
+            Value::Object(mut m) if m.get("event").is_some_and(Value::is_object) => {
+                let event = m.remove("event").unwrap_or(Value::Null);
+                let settings = match m.remove("settings") {
+                    None | Some(Value::Null) => Map::new(),
+                    Some(Value::Object(s)) => s,
+                    Some(_) => {
+                        return Err(error_line(
+                            "INVALID_SETTINGS",
+                            "\"settings\" must be an object".into(),
+                        ))
+                    }
+                };
+                (event, settings)
+            }
+            other => (other, Map::new()),
+        };
+        let mut settings = self.defaults.clone();
+        settings.extend(line_settings);
+        let key = js::to_json_string(&Value::Object(settings.clone()));
+        let compiled = self.compiled.entry(key.clone()).or_insert_with(|| {
+            let has_key = settings.get("apiKey").is_some_and(js::truthy);
+            Destination::from_settings(&Value::Object(settings))
+                .map(|d| (d, has_key))
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = compiled {
+            return Err(error_line("INVALID_SETTINGS", e.clone()));
+        }
+        let event = SegmentEvent::from_value(event, None)
+            .map_err(|e| error_line("INVALID_EVENT", e.to_string()))?;
+        Ok(Line {
+            event,
+            settings_key: key,
+        })
+    }
+
+    /// `--batch`: per-line results for lines that did not join a bulk request, then one line
+    /// per bulk request with the input lines (1-based) it carries.
+    pub fn map_batch(&mut self, lines: &[String], now_ms: i64) -> Vec<Value> {
+        let mut out = Vec::new();
+        // (settings, action, subscription index) → [(line number, event value, payload)]
+        type Group = Vec<(usize, Value, Map<String, Value>)>;
+        let mut groups: Vec<((String, Action, usize), Group)> = Vec::new();
+        for (i, raw) in lines.iter().enumerate() {
+            let n = i + 1;
+            let parsed = match self.parse(raw) {
+                Ok(p) => p,
+                Err(mut e) => {
+                    e["line"] = json!(n);
+                    out.push(e);
+                    continue;
+                }
+            };
+            let Ok((dest, has_key)) = &self.compiled[&parsed.settings_key] else {
+                continue;
+            };
+            let event = &parsed.event;
+            if let Some(reason) = crate::mapping::filters::skip_reason(event.as_value()) {
+                out.push(json!({"line": n, "action": null, "skipped": reason}));
+                continue;
+            }
+            let subs: Vec<(usize, &crate::mapping::Subscription)> = dest
+                .subscriptions
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.trigger.matches(event.as_value()))
+                .collect();
+            if subs.is_empty() {
+                for o in dest.plan(event, now_ms) {
+                    let mut v = render_outcome(&o, dest, &self.hosts, *has_key);
+                    v["line"] = json!(n);
+                    out.push(v);
+                }
+                continue;
+            }
+            for (index, sub) in subs {
+                if !sub.action.batches() {
+                    // updateCart and trackPurchase have no bulk form: sent one by one.
+                    let single = Destination {
+                        subscriptions: vec![sub.clone()],
+                        ..dest.clone()
+                    };
+                    for o in single.plan(event, now_ms) {
+                        let mut v = render_outcome(&o, dest, &self.hosts, *has_key);
+                        v["line"] = json!(n);
+                        out.push(v);
+                    }
+                    continue;
+                }
+                let inputs = if sub.pages {
+                    crate::mapping::page::derived_events(event, &dest.page)
+                } else {
+                    vec![event.as_value().clone()]
+                };
+                for input in inputs {
+                    match dest.prepare(sub, &input, Mode::Batch) {
+                        Ok(payload) => {
+                            let key = (parsed.settings_key.clone(), sub.action, index);
+                            match groups.iter_mut().find(|(k, _)| *k == key) {
+                                Some((_, g)) => g.push((n, input, payload)),
+                                None => groups.push((key, vec![(n, input, payload)])),
+                            }
+                        }
+                        Err(error) => out.push(json!({
+                            "line": n, "action": sub.action.name(), "error": error_json(&error)
+                        })),
+                    }
+                }
+            }
+        }
+        for ((settings_key, action, _), group) in groups {
+            let Ok((dest, has_key)) = &self.compiled[&settings_key] else {
+                continue;
+            };
+            // Iterable's bulk limit: at most 1,000 items per request (DESIGN §2).
+            for chunk in group.chunks(1000) {
+                let payloads: Vec<Map<String, Value>> =
+                    chunk.iter().map(|(_, _, p)| p.clone()).collect();
+                let events: Vec<&Value> = chunk.iter().map(|(_, e, _)| e).collect();
+                let (requests, errors) = dest.perform_batch(action, &payloads, &events, now_ms);
+                for (i, error) in &errors {
+                    out.push(json!({"line": chunk[*i].0, "action": action.name(), "error": error_json(error)}));
+                }
+                if !requests.is_empty() {
+                    let lines: Vec<usize> = chunk
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| !errors.iter().any(|(e, _)| e == i))
+                        .map(|(_, (n, _, _))| *n)
+                        .collect();
+                    out.push(json!({
+                        "action": action.name(),
+                        "lines": lines,
+                        "requests": render_requests(&requests, dest, &self.hosts, *has_key),
+                    }));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn error_line(code: &str, message: String) -> Value {
+    json!({"action": null, "error": {"code": code, "message": message}})
+}
+
+fn error_json(e: &ActionError) -> Value {
+    json!({"code": e.code, "message": e.message})
+}
+
+fn render_outcome(o: &Outcome, dest: &Destination, hosts: &Hosts, has_key: bool) -> Value {
+    match o {
+        Outcome::Requests { action, requests } => json!({
+            "action": action.name(),
+            "requests": render_requests(requests, dest, hosts, has_key),
+        }),
+        Outcome::Error { action, error } => {
+            json!({"action": action.name(), "error": error_json(error)})
+        }
+        Outcome::Skipped { reason } => json!({"action": null, "skipped": reason}),
+    }
+}
+
+/// Requests as DESIGN §1 prints them. Segment sends `Api-Key` only when a key is configured.
+pub fn render_requests(
+    requests: &[PlannedRequest],
+    dest: &Destination,
+    hosts: &Hosts,
+    has_key: bool,
+) -> Value {
+    Value::Array(
+        requests
+            .iter()
+            .map(|r| {
+                let mut headers = Map::new();
+                if has_key {
+                    headers.insert("Api-Key".into(), json!("<redacted>"));
+                }
+                headers.insert("Content-Type".into(), json!("application/json"));
+                json!({
+                    "method": "POST",
+                    "url": format!("{}{}", hosts.base(dest.data_center), r.endpoint.path()),
+                    "headers": headers,
+                    "body": r.body,
+                })
+            })
+            .collect(),
+    )
+}

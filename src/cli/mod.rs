@@ -1,0 +1,32 @@
+//! The `gateway` command line.
+
+pub mod check;
+pub mod map;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, about = "Segment ⇄ Iterable gateway")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Map events without sending them: JSON lines in, one JSON line out per line.
+    Map(map::MapArgs),
+    /// Verify each connection's Iterable API key (GET /api/webhooks).
+    Check(check::CheckArgs),
+    /// Find or create the Iterable list for an Engage audience key.
+    EnsureList(check::EnsureListArgs),
+}
+
+/// Reads a JSON file given on the command line, saying which file is wrong.
+pub(crate) fn read_json_file(path: &PathBuf) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not valid JSON: {e}", path.display()))
+}

@@ -1,0 +1,19 @@
+use clap::Parser;
+use gateway::cli::{Cli, Command};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Map(args) => gateway::cli::map::run(args),
+        Command::Check(args) => gateway::cli::check::run(args),
+        Command::EnsureList(args) => gateway::cli::check::run_ensure_list(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gateway: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Segment events → Iterable requests, as Segment's Iterable (Actions) destination builds them.
+//!
+//! Pure: no I/O, no clock (the caller passes "now"). A [`Destination`] is a connection's
+//! subscriptions compiled from configuration (triggers in FQL, mappings in the mapping
+//! language); [`Destination::plan`] runs one event through them and returns what would be sent.
+
+pub mod actions;
+pub mod dates;
+pub mod filters;
+pub mod fql;
+pub mod js;
+pub mod kit;
+pub mod page;
+pub mod schema;
+mod settings;
+
+pub use actions::{Action, ActionError, ListsFlavor, PlannedRequest};
+pub use settings::{ConfigError, Destination, Subscription};
+
+use crate::segment::event::{CallType, SegmentEvent};
+use serde_json::{Map, Value};
+
+/// The result of one subscription for one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The requests to send, in order.
+    Requests {
+        action: Action,
+        requests: Vec<PlannedRequest>,
+    },
+    /// The action refused the event; nothing is sent.
+    Error { action: Action, error: ActionError },
+    /// No request, and why.
+    Skipped { reason: String },
+}
+
+/// Whether payloads are prepared as `perform` (one event) or `performBatch` prepares them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Single,
+    Batch,
+}
+
+impl Destination {
+    /// Maps one event through every subscription whose trigger matches it.
+    pub fn plan(&self, event: &SegmentEvent, now_ms: i64) -> Vec<Outcome> {
+        if let Some(reason) = filters::skip_reason(event.as_value()) {
+            return vec![Outcome::Skipped { reason }];
+        }
+        let matching: Vec<&Subscription> = self.matching(event).collect();
+        if matching.is_empty() {
+            return vec![Outcome::Skipped {
+                reason: no_match_reason(event),
+            }];
+        }
+        matching
+            .into_iter()
+            .map(|sub| self.run(sub, event, now_ms))
+            .collect()
+    }
+
+    pub(crate) fn matching<'a>(
+        &'a self,
+        event: &'a SegmentEvent,
+    ) -> impl Iterator<Item = &'a Subscription> + 'a {
+        self.subscriptions
+            .iter()
+            .filter(move |s| s.trigger.matches(event.as_value()))
+    }
+
+    fn run(&self, sub: &Subscription, event: &SegmentEvent, now_ms: i64) -> Outcome {
+        let action = sub.action;
+        let inputs: Vec<Value> = if sub.pages {
+            let derived = page::derived_events(event, &self.page);
+            if derived.is_empty() {
+                return Outcome::Skipped {
+                    reason: format!(
+                        "the page settings track no event for this {} (no name or category)",
+                        event.call_type()
+                    ),
+                };
+            }
+            derived
+        } else {
+            vec![event.as_value().clone()]
+        };
+        let mut requests = Vec::new();
+        for input in &inputs {
+            let result = self
+                .prepare(sub, input, Mode::Single)
+                .and_then(|payload| self.perform(action, payload, input, now_ms));
+            match result {
+                Ok(r) => requests.extend(r),
+                Err(error) => return Outcome::Error { action, error },
+            }
+        }
+        Outcome::Requests { action, requests }
+    }
+
+    /// Mapping, `removeEmptyValues` and schema validation: the payload `perform` receives.
+    pub fn prepare(
+        &self,
+        sub: &Subscription,
+        event: &Value,
+        mode: Mode,
+    ) -> Result<Map<String, Value>, ActionError> {
+        let schema = sub.action.schema(self.lists_flavor);
+        let mut payload = match sub.mapping.resolve(event) {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        schema::remove_empty_values(&mut payload, schema, mode == Mode::Single);
+        let mut value = Value::Object(payload);
+        schema::validate(&mut value, schema).map_err(ActionError::validation)?;
+        match value {
+            Value::Object(m) => Ok(m),
+            _ => unreachable!("the root schema is an object"),
+        }
+    }
+
+    fn context<'a>(&self, event: &'a Value, now_ms: i64) -> actions::Context<'a> {
+        actions::Context {
+            now_ms,
+            event,
+            flavor: self.lists_flavor,
+            user_id_project: self.user_id_project,
+        }
+    }
+
+    /// `perform` for one validated payload.
+    pub fn perform(
+        &self,
+        action: Action,
+        payload: Map<String, Value>,
+        event: &Value,
+        now_ms: i64,
+    ) -> Result<Vec<PlannedRequest>, ActionError> {
+        use actions::*;
+        match action {
+            Action::UpdateUser => update_user::perform(payload),
+            Action::TrackEvent => track_event::perform(payload, now_ms),
+            Action::UpdateCart => update_cart::perform(payload),
+            Action::TrackPurchase => track_purchase::perform(payload, now_ms),
+            Action::UpdateEmail => update_email::perform(payload),
+            Action::SyncAudience => sync_audience::perform(payload, &self.context(event, now_ms)),
+        }
+    }
+
+    /// `performBatch` for payloads validated in batch mode; one bulk request (or, for lists,
+    /// one per list and direction) plus the payloads refused.
+    pub fn perform_batch(
+        &self,
+        action: Action,
+        payloads: &[Map<String, Value>],
+        events: &[&Value],
+        now_ms: i64,
+    ) -> (Vec<PlannedRequest>, Vec<(usize, ActionError)>) {
+        use actions::*;
+        match action {
+            Action::UpdateUser => (vec![update_user::perform_batch(payloads)], vec![]),
+            Action::TrackEvent => (vec![track_event::perform_batch(payloads, now_ms)], vec![]),
+            Action::SyncAudience => {
+                let ctx = self.context(events.first().copied().unwrap_or(&Value::Null), now_ms);
+                let plan = sync_audience::plan(payloads, &ctx, events);
+                (plan.requests, plan.errors)
+            }
+            other => {
+                let errors = (0..payloads.len())
+                    .map(|i| {
+                        (
+                            i,
+                            ActionError {
+                                code: "NOT_IMPLEMENTED",
+                                message: format!(
+                                    "{} does not support batched requests.",
+                                    other.name()
+                                ),
+                            },
+                        )
+                    })
+                    .collect();
+                (vec![], errors)
+            }
+        }
+    }
+}
+
+fn no_match_reason(event: &SegmentEvent) -> String {
+    match event.call_type() {
+        CallType::Track => format!(
+            "no subscription matches this track event ({:?})",
+            event.event_name().unwrap_or("")
+        ),
+        t => format!("no subscription matches {t} calls"),
+    }
+}

@@ -1,0 +1,80 @@
+//! Shared test helpers: building a destination for one action and running Segment's pipeline.
+
+use gateway::iterable::api::Hosts;
+use gateway::mapping::{Action, ActionError, Destination, Mode, PlannedRequest};
+use serde_json::{json, Map, Value};
+
+/// A destination with one subscription that matches every event.
+pub fn destination(
+    settings: &Value,
+    action: &str,
+    mapping: Option<&Value>,
+    lists: Option<&str>,
+) -> Destination {
+    let mut s: Map<String, Value> = settings.as_object().cloned().unwrap_or_default();
+    if let Some(flavor) = lists {
+        s.insert("listsDestination".into(), json!(flavor));
+    }
+    let mut sub = json!({"name": "test", "trigger": "type != \"\"", "action": action});
+    if let Some(m) = mapping {
+        sub["mapping"] = m.clone();
+    }
+    s.insert("subscriptions".into(), json!([sub]));
+    Destination::from_settings(&Value::Object(s)).expect("test settings compile")
+}
+
+/// A request as `{method, url, body}` for comparison with the reference.
+pub fn request_json(r: &PlannedRequest, d: &Destination) -> Value {
+    json!({
+        "method": "POST",
+        "url": format!("{}{}", Hosts::default().base(d.data_center), r.endpoint.path()),
+        "body": r.body,
+    })
+}
+
+/// Runs `performBatch` the way actions-core does: each event validated in batch mode, the
+/// refused ones reported by index, the rest sent together.
+pub fn run_batch(
+    d: &Destination,
+    events: &[Value],
+    now_ms: i64,
+) -> (Vec<PlannedRequest>, Vec<(usize, ActionError)>) {
+    let sub = &d.subscriptions[0];
+    let mut payloads = Vec::new();
+    let mut kept = Vec::new();
+    let mut errors = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        match d.prepare(sub, e, Mode::Batch) {
+            Ok(p) => {
+                payloads.push(p);
+                kept.push(i);
+            }
+            Err(err) => errors.push((i, err)),
+        }
+    }
+    if payloads.is_empty() {
+        return (vec![], errors);
+    }
+    let refs: Vec<&Value> = kept.iter().map(|i| &events[*i]).collect();
+    let (requests, batch_errors) = d.perform_batch(sub.action, &payloads, &refs, now_ms);
+    errors.extend(batch_errors.into_iter().map(|(i, e)| (kept[i], e)));
+    errors.sort_by_key(|(i, _)| *i);
+    (requests, errors)
+}
+
+/// Removes what DESIGN §2 difference 1 removes from Segment's trackEvent bodies.
+pub fn without_internal_batching_keys(action: Action, body: &mut Value) {
+    if action != Action::TrackEvent {
+        return;
+    }
+    let strip = |b: &mut Value| {
+        if let Value::Object(m) = b {
+            m.shift_remove("enable_batching");
+            m.shift_remove("batch_size");
+        }
+    };
+    strip(body);
+    if let Some(Value::Array(events)) = body.get_mut("events") {
+        events.iter_mut().for_each(strip);
+    }
+}

@@ -1,0 +1,8 @@
+//! The integration test binary (one binary, many modules, as zero2prod arranges it).
+
+mod cli_map;
+mod differential;
+mod helpers;
+mod iterable_client;
+mod mapping_vectors;
+mod properties;
