@@ -47,6 +47,11 @@ pub fn convert_dates_in_object(value: &mut Value) {
     }
 }
 
+/// Whether Segment's `convertDatesInObject` would touch the string at all (its regex).
+pub fn is_iso_candidate(s: &str) -> bool {
+    s.len() > 10 && ISO_DATE.is_match(s)
+}
+
 /// The replacement for one string, or `None` to keep it.
 pub fn convert_date_string(s: &str) -> Option<String> {
     // Cheap pre-check: every candidate starts with `dddd-`.

@@ -280,6 +280,11 @@ fn has_type(v: &Value, types: &[Ty]) -> bool {
 /// AJV's `coerceData` with `coerceTypes: 'array'`: a one-element array is unwrapped first, then
 /// each coercible type is tried in schema order.
 fn coerce(value: &Value, types: &[Ty]) -> Option<Value> {
+    // Only string, number, integer, boolean, null and array are coercible; an object-only
+    // schema is a plain type check (`[{...}]` for dataFields is an error, not unwrapped).
+    if types == [Ty::Object] {
+        return None;
+    }
     let unwrapped;
     let data = match value {
         Value::Array(a) if a.len() == 1 && !types.contains(&Ty::Array) => {
@@ -333,7 +338,13 @@ fn coerce(value: &Value, types: &[Ty]) -> Option<Value> {
 fn type_error(schema: &Schema, pointer: &str, data: &Value) -> String {
     // AJV reports the element it unwrapped from a one-element array.
     let data = match data {
-        Value::Array(a) if a.len() == 1 && !schema.types.contains(&Ty::Array) => &a[0],
+        Value::Array(a)
+            if a.len() == 1
+                && !schema.types.contains(&Ty::Array)
+                && schema.types != [Ty::Object] =>
+        {
+            &a[0]
+        }
         d => d,
     };
     let names: Vec<&str> = schema.types.iter().map(|t| t.name()).collect();
