@@ -4,8 +4,10 @@
 //!
 //! 1. trackEvent bodies lack `enable_batching` / `batch_size`;
 //! 2. a date-like string Segment turns into `null` is sent unchanged;
-//! 3. offset-less times are UTC (the oracle ran in UTC, so no difference shows);
-//! and `createdAt` is "now" (the injected clock) when the event has no timestamp.
+//! 3. offset-less times are UTC (the oracle ran in UTC, so no difference shows).
+//!
+//! `createdAt` is "now" (the injected clock) when the event has no timestamp; numeric ids
+//! beyond 2^53 keep their digits; a `__proto__` key stays data.
 
 use crate::helpers::{request_json, run_batch, without_internal_batching_keys};
 use gateway::mapping::{dates, js, Action, Destination, Outcome};
