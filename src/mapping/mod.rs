@@ -15,7 +15,7 @@ pub mod schema;
 mod settings;
 
 pub use actions::{Action, ActionError, ListsFlavor, PlannedRequest};
-pub use settings::{ConfigError, Destination, Subscription};
+pub use settings::{default_mapping, ConfigError, Destination, Subscription};
 
 use crate::segment::event::{CallType, SegmentEvent};
 use serde_json::{Map, Value};

@@ -174,6 +174,7 @@ fn keep_value(value: &mut Value, schema: &Schema) -> bool {
 
 /// Validates and coerces `value` in place; the messages are AJV's, humanised.
 pub fn validate(value: &mut Value, schema: &Schema) -> Result<(), String> {
+    arrify_fields(value, schema);
     let mut errors = Vec::new();
     let mut pointer = String::new();
     check(value, schema, &mut pointer, &mut errors);
@@ -181,6 +182,23 @@ pub fn validate(value: &mut Value, schema: &Schema) -> Result<(), String> {
         Ok(())
     } else {
         Err(errors.join(" "))
+    }
+}
+
+/// actions-core's `arrifyFields`: before validation, a root field declared as an array that
+/// holds a single non-null value is wrapped in an array.
+fn arrify_fields(value: &mut Value, schema: &Schema) {
+    let (Value::Object(map), Some(obj)) = (value, &schema.object) else {
+        return;
+    };
+    for (key, field) in &obj.properties {
+        if field.types == [Ty::Array] {
+            if let Some(v) = map.get_mut(*key) {
+                if !v.is_array() && !v.is_null() {
+                    *v = Value::Array(vec![v.take()]);
+                }
+            }
+        }
     }
 }
 

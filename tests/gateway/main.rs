@@ -5,4 +5,5 @@ mod differential;
 mod helpers;
 mod iterable_client;
 mod mapping_vectors;
+mod oracle_probes;
 mod properties;
