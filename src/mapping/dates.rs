@@ -103,8 +103,18 @@ pub fn dayjs_unix(value: Option<&Value>, now_ms: i64) -> Value {
 
 /// actions-core's `date-like` format.
 pub fn is_date_like(s: &str) -> bool {
-    let n = super::js::string_to_number(s);
-    if super::js::number_to_string(n) == s {
+    // `String(Number(s)) === s` only holds for digits, signs, dots, exponents, or the two
+    // words; skip formatting a number for anything else (every ISO date).
+    let maybe_numeric = s == "NaN"
+        || s.ends_with("Infinity")
+        || s.bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e'));
+    let n = if maybe_numeric {
+        super::js::string_to_number(s)
+    } else {
+        f64::NAN
+    };
+    if maybe_numeric && super::js::number_to_string(n) == s {
         return time_clip(n * 1000.0).is_some();
     }
     dayjs_parse(s).is_some()
@@ -497,8 +507,57 @@ fn read_milliseconds(t: Tok) -> i64 {
     n
 }
 
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, the form Segment's libraries send, parsed directly.
+/// Anything else (and any value out of range) goes through the full parser.
+fn fast_iso_utc(s: &str) -> Option<f64> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[b.len() - 1] != b'Z'
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        b[r].iter().try_fold(0i64, |acc, c| {
+            c.is_ascii_digit().then(|| acc * 10 + (c - b'0') as i64)
+        })
+    };
+    let (y, mo, d, h, mi, sec) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
+    let ms = match &b[19..b.len() - 1] {
+        [] => 0,
+        [b'.', frac @ ..] if !frac.is_empty() && frac.iter().all(u8::is_ascii_digit) => {
+            // V8 keeps the first three digits.
+            let mut v = 0;
+            for i in 0..3 {
+                v = v * 10 + frac.get(i).map_or(0, |c| (c - b'0') as i64);
+            }
+            v
+        }
+        _ => return None,
+    };
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    let days = make_day(y as f64, (mo - 1) as f64, d as f64);
+    time_clip(days * MS_PER_DAY + ((h * 3600 + mi * 60 + sec) * 1000 + ms) as f64)
+}
+
 /// `new Date(s).valueOf()` in V8 with the local time zone set to UTC; `None` is NaN.
 pub fn v8_parse(s: &str) -> Option<f64> {
+    if let Some(ms) = fast_iso_utc(s) {
+        return Some(ms);
+    }
     let mut sc = Scanner::new(s);
     let mut day = Day {
         comp: [0; 3],
@@ -805,6 +864,25 @@ mod tests {
         ] {
             assert_eq!(conv(keep), None, "{keep}");
         }
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_full_parser() {
+        for s in [
+            "2024-01-01T00:00:00.000Z",
+            "2023-05-17T22:49:53.310Z",
+            "2023-02-30T00:00:00Z",
+            "1999-12-31T23:59:59.9999Z",
+            "0001-01-01T00:00:00.1Z",
+            "2024-02-29T12:00:00.12Z",
+        ] {
+            assert_eq!(fast_iso_utc(s), v8_parse_full(s), "{s}");
+        }
+    }
+
+    fn v8_parse_full(s: &str) -> Option<f64> {
+        // The same input with an explicit `+00:00` offset bypasses the fast path.
+        v8_parse(&format!("{}+00:00", &s[..s.len() - 1]))
     }
 
     #[test]

@@ -4,8 +4,9 @@ use serde_json::Value;
 
 /// Why an event is skipped, or `None` to send it.
 pub fn skip_reason(event: &Value) -> Option<String> {
-    if event
-        .pointer("/context/integration/name")
+    let integration = event.get("context").and_then(|c| c.get("integration"));
+    if integration
+        .and_then(|i| i.get("name"))
         .and_then(Value::as_str)
         == Some("Iterable")
     {

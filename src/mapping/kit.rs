@@ -75,8 +75,9 @@ impl Mapping {
                 then,
                 otherwise,
             } => {
-                let v = cond.resolve(data);
-                let holds = match (test, &v) {
+                // Tested by reference: `@if exists $.x then $.x` clones the value once.
+                let v = cond.probe(data);
+                let holds = match (test, v.as_deref()) {
                     (_, None | Some(Value::Null)) => false,
                     (IfTest::Exists, Some(_)) => true,
                     (IfTest::Blank, Some(v)) => !loosely_equals_empty_string(v),
@@ -118,6 +119,14 @@ impl Mapping {
                     .map(|m| m.resolve(data).unwrap_or(Value::Null))
                     .collect(),
             )),
+        }
+    }
+
+    /// Like `resolve`, without cloning when the value is a part of `data`.
+    fn probe<'a>(&self, data: &'a Value) -> Option<Cow<'a, Value>> {
+        match self {
+            Mapping::Path(path) => js::get(data, path),
+            other => other.resolve(data).map(Cow::Owned),
         }
     }
 

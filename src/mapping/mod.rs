@@ -70,8 +70,9 @@ impl Destination {
 
     fn run(&self, sub: &Subscription, event: &SegmentEvent, now_ms: i64) -> Outcome {
         let action = sub.action;
-        let inputs: Vec<Value> = if sub.pages {
-            let derived = page::derived_events(event, &self.page);
+        let derived;
+        let inputs: &[Value] = if sub.pages {
+            derived = page::derived_events(event, &self.page);
             if derived.is_empty() {
                 return Outcome::Skipped {
                     reason: format!(
@@ -80,12 +81,12 @@ impl Destination {
                     ),
                 };
             }
-            derived
+            &derived
         } else {
-            vec![event.as_value().clone()]
+            std::slice::from_ref(event.as_value())
         };
         let mut requests = Vec::new();
-        for input in &inputs {
+        for input in inputs {
             let result = self
                 .prepare(sub, input, Mode::Single)
                 .and_then(|payload| self.perform(action, payload, input, now_ms));

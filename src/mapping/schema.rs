@@ -153,9 +153,12 @@ fn keep_value(value: &mut Value, schema: &Schema) -> bool {
     match value {
         Value::Array(items) => {
             if let Some(item_schema) = &schema.items {
-                items.retain(|item| {
-                    let mut probe = item.clone();
-                    keep_value(&mut probe, item_schema)
+                // The JavaScript `filter` keeps the original elements: only whether an element
+                // would be removed matters, and only a null or "" one can be.
+                items.retain(|item| match item {
+                    Value::Null => item_schema.types.contains(&Ty::Null),
+                    Value::String(s) if s.is_empty() => item_schema.types.contains(&Ty::String),
+                    _ => true,
                 });
             }
             true
@@ -253,15 +256,24 @@ fn check(value: &mut Value, schema: &Schema, pointer: &mut String, errors: &mut 
                 if !obj.additional {
                     map.retain(|k, _| obj.get(k).is_some());
                 }
-                for (key, prop) in &obj.properties {
-                    if let Some(child) = map.get_mut(*key) {
-                        let len = pointer.len();
-                        pointer.push('/');
-                        pointer.push_str(&escape_pointer(key));
-                        check(child, prop, pointer, errors);
-                        pointer.truncate(len);
+                // Walk the entries (no hashing) and put the messages back in declaration
+                // order, which is AJV's.
+                let mut tagged: Vec<(usize, Vec<String>)> = Vec::new();
+                for (key, child) in map.iter_mut() {
+                    let Some(index) = obj.properties.iter().position(|(k, _)| k == key) else {
+                        continue;
+                    };
+                    let len = pointer.len();
+                    push_pointer(pointer, key);
+                    let mut child_errors = Vec::new();
+                    check(child, &obj.properties[index].1, pointer, &mut child_errors);
+                    pointer.truncate(len);
+                    if !child_errors.is_empty() {
+                        tagged.push((index, child_errors));
                     }
                 }
+                tagged.sort_by_key(|(i, _)| *i);
+                errors.extend(tagged.into_iter().flat_map(|(_, e)| e));
             }
         }
         Value::Array(items) => {
@@ -279,8 +291,13 @@ fn check(value: &mut Value, schema: &Schema, pointer: &mut String, errors: &mut 
     }
 }
 
-fn escape_pointer(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
+fn push_pointer(pointer: &mut String, key: &str) {
+    pointer.push('/');
+    if key.contains(['~', '/']) {
+        pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+    } else {
+        pointer.push_str(key);
+    }
 }
 
 fn has_type(v: &Value, types: &[Ty]) -> bool {

@@ -57,12 +57,11 @@ pub fn items_schema() -> Schema {
 }
 
 /// The `user` object of the request: `phoneNumber` moved into converted `dataFields`.
-pub fn user_body(user: &mut Map<String, Value>) -> Value {
+pub fn user_body(mut user: Map<String, Value>) -> Value {
     let phone = user.shift_remove("phoneNumber");
-    let data_fields = converted(user.get("dataFields").cloned());
-    let mut out = user.clone();
-    super::set(&mut out, "dataFields", with_phone(data_fields, phone));
-    Value::Object(out)
+    let data_fields = converted(super::take(&mut user, "dataFields"));
+    super::set(&mut user, "dataFields", with_phone(data_fields, phone));
+    Value::Object(user)
 }
 
 const RESERVED: [&str; 11] = [
@@ -81,18 +80,17 @@ const RESERVED: [&str; 11] = [
 
 /// `transformItems`: non-reserved keys are copied into a date-converted `dataFields`, an
 /// item-level `dataFields` is dropped, and `categories` becomes a one-element array.
-pub fn transform_items(items: &Value) -> Value {
+pub fn transform_items(items: Value) -> Value {
     let Value::Array(items) = items else {
-        return items.clone();
+        return items;
     };
     Value::Array(
         items
-            .iter()
+            .into_iter()
             .map(|item| {
-                let Value::Object(item) = item else {
-                    return item.clone();
+                let Value::Object(mut rest) = item else {
+                    return item;
                 };
-                let mut rest = item.clone();
                 rest.shift_remove("dataFields");
                 let categories = rest.shift_remove("categories");
                 let mut data_fields = Map::new();

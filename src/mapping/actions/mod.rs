@@ -140,11 +140,8 @@ pub(crate) fn require_identity(payload: &Map<String, Value>) -> Result<(), Actio
 
 /// `{...obj, key: value}`: replaces in place or appends, as a JavaScript spread does.
 pub(crate) fn set(obj: &mut Map<String, Value>, key: &str, value: Value) {
-    if let Some(slot) = obj.get_mut(key) {
-        *slot = value;
-    } else {
-        obj.insert(key.to_string(), value);
-    }
+    // IndexMap keeps an existing key's position on insert.
+    obj.insert(key.to_string(), value);
 }
 
 /// `{...dataFields, phoneNumber}` where `phoneNumber` may be undefined (then the key is gone,
@@ -174,6 +171,14 @@ pub(crate) fn with_phone(mut data_fields: Value, phone: Option<Value>) -> Value 
             map.insert("phoneNumber".into(), p);
         }
         Value::Object(map)
+    }
+}
+
+/// Takes `dataFields` out of a body (keeping its slot), for in-place conversion.
+pub(crate) fn take(obj: &mut Map<String, Value>, key: &str) -> Option<Value> {
+    match obj.get_mut(key) {
+        Some(v) => Some(v.take()),
+        None => None,
     }
 }
 

@@ -1,6 +1,6 @@
 //! `trackEvent` ("Custom Event"): `/api/events/track` and `/api/events/trackBulk`.
 
-use super::{converted, require_identity, set, ActionError, PlannedRequest};
+use super::{converted, require_identity, set, take, ActionError, PlannedRequest};
 use crate::iterable::api::Endpoint;
 use crate::mapping::dates;
 use crate::mapping::schema::{root, Schema, Ty};
@@ -30,11 +30,10 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
 
 /// `transformIterableEventPayload`, without Segment's internal `enable_batching` and
 /// `batch_size` keys (DESIGN §2, difference 1).
-pub(crate) fn event_body(payload: &Map<String, Value>, now_ms: i64) -> Map<String, Value> {
-    let mut body = payload.clone();
-    let data_fields = converted(body.get("dataFields").cloned());
+pub(crate) fn event_body(mut body: Map<String, Value>, now_ms: i64) -> Map<String, Value> {
+    let data_fields = converted(take(&mut body, "dataFields"));
     set(&mut body, "dataFields", data_fields);
-    let created_at = dates::dayjs_unix(payload.get("createdAt"), now_ms);
+    let created_at = dates::dayjs_unix(body.get("createdAt"), now_ms);
     set(&mut body, "createdAt", created_at);
     body.shift_remove("enable_batching");
     body.shift_remove("batch_size");
@@ -48,14 +47,14 @@ pub fn perform(
     require_identity(&payload)?;
     Ok(vec![PlannedRequest {
         endpoint: Endpoint::EventsTrack,
-        body: Value::Object(event_body(&payload, now_ms)),
+        body: Value::Object(event_body(payload, now_ms)),
     }])
 }
 
 pub fn perform_batch(payloads: &[Map<String, Value>], now_ms: i64) -> PlannedRequest {
     let events = payloads
         .iter()
-        .map(|p| Value::Object(event_body(p, now_ms)))
+        .map(|p| Value::Object(event_body(p.clone(), now_ms)))
         .collect();
     let mut body = Map::new();
     body.insert("events".into(), Value::Array(events));

@@ -1,7 +1,7 @@
 //! `trackPurchase` ("Track Purchase"): `/api/commerce/trackPurchase`. No batch form.
 
 use super::items::{items_schema, transform_items, user_body, user_schema};
-use super::{converted, require_identity, set, ActionError, PlannedRequest};
+use super::{converted, require_identity, set, take, ActionError, PlannedRequest};
 use crate::iterable::api::Endpoint;
 use crate::mapping::dates;
 use crate::mapping::schema::{root, Schema, Ty};
@@ -25,31 +25,24 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
 });
 
 pub fn perform(
-    payload: Map<String, Value>,
+    mut body: Map<String, Value>,
     now_ms: i64,
 ) -> Result<Vec<PlannedRequest>, ActionError> {
-    let mut user = match payload.get("user") {
-        Some(Value::Object(u)) => u.clone(),
+    let user = match take(&mut body, "user") {
+        Some(Value::Object(u)) => u,
         _ => Map::new(),
     };
     require_identity(&user)?;
-    let mut data_fields = payload.get("dataFields").cloned();
+    let mut data_fields = take(&mut body, "dataFields");
     if let Some(Value::Object(df)) = &mut data_fields {
         // Products are already sent as items.
         df.shift_remove("products");
     }
-    let mut body = payload.clone();
-    set(&mut body, "user", user_body(&mut user));
-    set(
-        &mut body,
-        "items",
-        transform_items(payload.get("items").unwrap_or(&Value::Null)),
-    );
-    set(
-        &mut body,
-        "createdAt",
-        dates::dayjs_unix(payload.get("createdAt"), now_ms),
-    );
+    set(&mut body, "user", user_body(user));
+    let items = take(&mut body, "items").unwrap_or(Value::Null);
+    set(&mut body, "items", transform_items(items));
+    let created_at = dates::dayjs_unix(body.get("createdAt"), now_ms);
+    set(&mut body, "createdAt", created_at);
     set(&mut body, "dataFields", converted(data_fields));
     Ok(vec![PlannedRequest {
         endpoint: Endpoint::CommerceTrackPurchase,

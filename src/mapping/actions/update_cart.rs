@@ -15,16 +15,16 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
 });
 
 pub fn perform(mut payload: Map<String, Value>) -> Result<Vec<PlannedRequest>, ActionError> {
-    let mut user = match payload.shift_remove("user") {
+    let user = match payload.shift_remove("user") {
         Some(Value::Object(u)) => u,
         _ => Map::new(),
     };
     require_identity(&user)?;
     let mut body = Map::new();
-    body.insert("user".into(), user_body(&mut user));
+    body.insert("user".into(), user_body(user));
     body.insert(
         "items".into(),
-        transform_items(payload.get("items").unwrap_or(&Value::Null)),
+        transform_items(payload.shift_remove("items").unwrap_or(Value::Null)),
     );
     Ok(vec![PlannedRequest {
         endpoint: Endpoint::CommerceUpdateCart,

@@ -1,7 +1,7 @@
 //! `updateUser` ("Upsert User"): `/api/users/update`, `/api/users/bulkUpdate`, and, as at the
 //! repository's HEAD, `/api/users/updateEmail` when `newEmail` is set (DESIGN §2, difference 4).
 
-use super::{converted, require_identity, set, with_phone, ActionError, PlannedRequest};
+use super::{converted, require_identity, set, take, with_phone, ActionError, PlannedRequest};
 use crate::iterable::api::Endpoint;
 use crate::mapping::js;
 use crate::mapping::schema::{root, Schema, Ty};
@@ -35,24 +35,38 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
 });
 
 /// `transformIterableUserPayload`: the per-user body shared by update and bulkUpdate.
-pub(crate) fn user_body(payload: &Map<String, Value>) -> Map<String, Value> {
-    let mut body = payload.clone();
+pub(crate) fn user_body(mut body: Map<String, Value>) -> Map<String, Value> {
     let phone = body.shift_remove("phoneNumber");
     for k in ["newEmail", "updateOnly", "enable_batching", "batch_size"] {
         body.shift_remove(k);
     }
-    let data_fields = converted(body.get("dataFields").cloned());
+    let data_fields = converted(take(&mut body, "dataFields"));
     set(&mut body, "dataFields", with_phone(data_fields, phone));
     body
 }
 
 pub fn perform(payload: Map<String, Value>) -> Result<Vec<PlannedRequest>, ActionError> {
     require_identity(&payload)?;
+    let update_email = payload
+        .get("newEmail")
+        .filter(|v| js::truthy(v))
+        .map(|new_email| update_email_body(&payload, new_email));
     let mut requests = vec![PlannedRequest {
         endpoint: Endpoint::UsersUpdate,
-        body: Value::Object(user_body(&payload)),
+        body: Value::Object(user_body(payload)),
     }];
-    if let Some(new_email) = payload.get("newEmail").filter(|v| js::truthy(v)) {
+    if let Some(body) = update_email {
+        requests.push(PlannedRequest {
+            endpoint: Endpoint::UsersUpdateEmail,
+            body,
+        });
+    }
+    Ok(requests)
+}
+
+/// `{currentEmail?, currentUserId?, newEmail}`, each key only when truthy.
+fn update_email_body(payload: &Map<String, Value>, new_email: &Value) -> Value {
+    {
         let mut body = Map::new();
         if let Some(e) = payload.get("email").filter(|v| js::truthy(v)) {
             body.insert("currentEmail".into(), e.clone());
@@ -61,12 +75,8 @@ pub fn perform(payload: Map<String, Value>) -> Result<Vec<PlannedRequest>, Actio
             body.insert("currentUserId".into(), u.clone());
         }
         body.insert("newEmail".into(), new_email.clone());
-        requests.push(PlannedRequest {
-            endpoint: Endpoint::UsersUpdateEmail,
-            body: Value::Object(body),
-        });
+        Value::Object(body)
     }
-    Ok(requests)
 }
 
 /// `performBatch`: `updateOnly` comes from the first payload only.
@@ -82,7 +92,7 @@ pub fn perform_batch(payloads: &[Map<String, Value>]) -> PlannedRequest {
     let users = payloads
         .iter()
         .map(|p| {
-            let mut user = user_body(p);
+            let mut user = user_body(p.clone());
             if let Some(new_email) = p.get("newEmail").filter(|v| js::truthy(v)) {
                 if let Some(Value::Object(df)) = user.get_mut("dataFields") {
                     set(df, "email", new_email.clone());
