@@ -176,10 +176,7 @@ pub(crate) fn with_phone(mut data_fields: Value, phone: Option<Value>) -> Value 
 
 /// Takes `dataFields` out of a body (keeping its slot), for in-place conversion.
 pub(crate) fn take(obj: &mut Map<String, Value>, key: &str) -> Option<Value> {
-    match obj.get_mut(key) {
-        Some(v) => Some(v.take()),
-        None => None,
-    }
+    obj.get_mut(key).map(Value::take)
 }
 
 /// `convertDatesInObject(value ?? {})`.
