@@ -5,8 +5,10 @@
 //! * [`segment`]: the Segment event model.
 //! * [`iterable`]: Iterable's API and the client that calls it.
 //! * [`cli`]: the `gateway` command's subcommands.
+//! * [`database`]: PostgreSQL for the audit log, and the local cluster run without `database.url`.
 
 pub mod cli;
+pub mod database;
 pub mod iterable;
 pub mod mapping;
 pub mod segment;

@@ -1,6 +1,7 @@
 //! The integration test binary (one binary, many modules, as zero2prod arranges it).
 
 mod cli_map;
+mod database;
 mod differential;
 mod helpers;
 mod iterable_client;

@@ -1,0 +1,257 @@
+//! A fresh database for each test.
+//!
+//! [`fresh_database`] creates a new, uniquely named database (`test_<uuid>`) and returns a pool
+//! to it. The server is `DATABASE_URL`'s when that is set (its database is used to run `CREATE
+//! DATABASE`); otherwise it is a temporary [`LocalCluster`] started on first use:
+//!
+//! * under `cargo nextest` (which runs each test in a process of its own) one cluster serves the
+//!   whole run: it lives in `$TMPDIR/gateway-test-pg-$NEXTEST_RUN_ID`, the first test process
+//!   to need it starts it, the others find it running;
+//! * otherwise (`cargo test`) one cluster serves the test process.
+//!
+//! Rust never drops statics, so the cluster is not stopped by a destructor: whoever starts it
+//! also spawns a watchdog ([`LocalCluster::stop_when_process_exits`]) that stops it and deletes
+//! its directory once the test process (under nextest: the nextest process) has exited, however
+//! it exits.
+//!
+//! The cluster is not durable (`fsync = off`): a crash loses it, which a test's data can afford.
+
+use super::embedded::{ClusterOptions, LocalCluster};
+use anyhow::Context as _;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use sqlx::{Connection as _, Executor as _, PgConnection, PgPool};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+/// The server tests create their databases on.
+#[derive(Debug, Clone)]
+struct Server {
+    /// Where `CREATE DATABASE` runs.
+    admin: PgConnectOptions,
+    /// `DATABASE_URL`, or `None` for the temporary cluster.
+    external_url: Option<String>,
+}
+
+static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
+
+/// A new empty database and a pool (at most 5 connections) to it. Panics, saying why, when no
+/// server can be had. Keep the [`DbGuard`] alive for as long as the database is used.
+pub async fn fresh_database() -> (PgPool, DbGuard) {
+    match try_fresh_database().await {
+        Ok(pair) => pair,
+        Err(e) => panic!("cannot set up a test database: {e:#}"),
+    }
+}
+
+/// [`fresh_database`], returning the error instead of panicking.
+pub async fn try_fresh_database() -> anyhow::Result<(PgPool, DbGuard)> {
+    let server = tokio::task::spawn_blocking(|| SERVER.get_or_init(start_server).clone())
+        .await
+        .context("the task starting the test server panicked")?
+        .map_err(anyhow::Error::msg)?;
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect_with(&server.admin)
+        .await
+        .with_context(|| format!("cannot connect to {}", server.describe()))?;
+    // `Executor::execute`'s boxed future keeps this future `Send` for `tokio::spawn`.
+    let create = format!(r#"CREATE DATABASE "{name}""#);
+    admin
+        .execute(create.as_str())
+        .await
+        .with_context(|| format!("cannot create database {name} on {}", server.describe()))?;
+    admin.close().await.ok();
+    let guard = DbGuard { name, server };
+    let pool = PgPoolOptions::new()
+        .max_connections(5)
+        .connect_with(guard.connect_options())
+        .await
+        .with_context(|| format!("cannot connect to the new database {}", guard.name))?;
+    Ok((pool, guard))
+}
+
+/// Owns a database made by [`fresh_database`]: dropping it drops the database (`WITH (FORCE)`,
+/// closing connections still open), except while panicking, so a failed test's data stays for
+/// inspection on a `DATABASE_URL` server. Note that `let (pool, _) = fresh_database().await`
+/// drops it at once: bind it to a name (`_db`).
+#[derive(Debug)]
+#[must_use = "dropping the guard drops the database"]
+pub struct DbGuard {
+    name: String,
+    server: Server,
+}
+
+impl DbGuard {
+    /// The database's name (`test_<32 hex digits>`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Options for connecting to the database.
+    pub fn connect_options(&self) -> PgConnectOptions {
+        self.server.admin.clone().database(&self.name)
+    }
+
+    /// A `postgres://` URL of the database, for a child process (`gateway serve`, say).
+    pub fn url(&self) -> String {
+        match &self.server.external_url {
+            Some(url) => with_database(url, &self.name),
+            None => {
+                let port = self.server.admin.get_port();
+                format!("postgres://postgres@127.0.0.1:{port}/{}", self.name)
+            }
+        }
+    }
+}
+
+impl Drop for DbGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if self.server.external_url.is_some() {
+                eprintln!("test database {} kept for inspection", self.name);
+            }
+            return;
+        }
+        // Drop can't await, and may run inside a runtime: drop the database from a thread with
+        // a runtime of its own.
+        let admin = self.server.admin.clone();
+        let sql = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);
+        let dropped = std::thread::spawn(move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let mut conn = PgConnection::connect_with(&admin).await?;
+                conn.execute(sql.as_str()).await?;
+                conn.close().await?;
+                Ok(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("cannot drop test database {}: {e:#}", self.name),
+            Err(_) => eprintln!(
+                "cannot drop test database {}: the thread panicked",
+                self.name
+            ),
+        }
+    }
+}
+
+impl Server {
+    fn describe(&self) -> String {
+        match &self.external_url {
+            Some(_) => "DATABASE_URL's server".into(),
+            None => format!("the test cluster on port {}", self.admin.get_port()),
+        }
+    }
+}
+
+fn start_server() -> Result<Server, String> {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        if !url.trim().is_empty() {
+            let admin = PgConnectOptions::from_str(&url)
+                .map_err(|e| format!("DATABASE_URL is not a PostgreSQL URL: {e}"))?;
+            return Ok(Server {
+                admin,
+                external_url: Some(url),
+            });
+        }
+    }
+    let port = start_local_cluster().map_err(|e| format!("{e:#}"))?;
+    let admin = PgConnectOptions::new_without_pgpass()
+        .host("127.0.0.1")
+        .port(port)
+        .username("postgres")
+        .database("postgres")
+        .ssl_mode(PgSslMode::Disable);
+    Ok(Server {
+        admin,
+        external_url: None,
+    })
+}
+
+/// Starts (or, under nextest, finds) the temporary cluster and its watchdog; returns its port.
+fn start_local_cluster() -> anyhow::Result<u16> {
+    let options = ClusterOptions {
+        port: None,
+        durable: false,
+    };
+    let (dir, watched_pid) = match nextest_run_id() {
+        Some(run) => {
+            let dir = std::env::temp_dir().join(format!("gateway-test-pg-{run}"));
+            // nextest starts every test process itself: the run ends when it exits.
+            (dir, std::os::unix::process::parent_id())
+        }
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("gateway-test-pg-")
+                .tempdir()
+                .context("cannot create a temporary directory for the test cluster")?
+                .keep();
+            (dir, std::process::id())
+        }
+    };
+    let cluster = match LocalCluster::ensure_with(&dir, &options) {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            remove_if_unused(&dir);
+            return Err(e).context("cannot start the temporary PostgreSQL cluster for tests");
+        }
+    };
+    if cluster.started_here() {
+        cluster.stop_when_process_exits(watched_pid, true)?;
+    }
+    Ok(cluster.port())
+}
+
+/// `NEXTEST_RUN_ID` (a UUID), when it is safe in a file name.
+fn nextest_run_id() -> Option<String> {
+    let id = std::env::var("NEXTEST_RUN_ID").ok()?;
+    let safe = !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    safe.then_some(id)
+}
+
+/// Removes a directory a failed start left with no running server in it.
+fn remove_if_unused(dir: &Path) {
+    if !dir.join("postmaster.pid").exists() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// `url` with its database (the path) replaced by `db`, query kept.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{db}", &base[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn url_database_is_replaced() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/app", "t"),
+            "postgres://u:p@h:5432/t"
+        );
+        assert_eq!(with_database("postgres://h", "t"), "postgres://h/t");
+        assert_eq!(
+            with_database("postgresql://h/app?sslmode=disable", "t"),
+            "postgresql://h/t?sslmode=disable"
+        );
+    }
+}
