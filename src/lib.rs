@@ -7,7 +7,9 @@
 //! * [`cli`]: the `gateway` command's subcommands.
 //! * [`database`]: PostgreSQL for the audit log, and the local cluster run without `database.url`.
 
+pub mod audit;
 pub mod cli;
+pub mod configuration;
 pub mod database;
 pub mod iterable;
 pub mod mapping;

@@ -1,0 +1,93 @@
+//! The audit log: what the database records of every exchange (DESIGN §4), and the group
+//! committer that writes inbound requests with their events before they are acknowledged.
+
+pub mod redact;
+pub mod writer;
+
+use serde_json::Value;
+
+/// Which way an exchange goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    SegmentToIterable,
+    IterableToSegment,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::SegmentToIterable => "segment_to_iterable",
+            Direction::IterableToSegment => "iterable_to_segment",
+        }
+    }
+}
+
+/// The one state every event is in (the `event.state` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventState {
+    /// Waiting for a dispatcher (now or at `next_attempt_at`).
+    Pending,
+    /// Claimed by a dispatcher whose lease has not run out.
+    InFlight,
+    Delivered,
+    /// Refused for good: mapping error, or a permanent answer (4xx) from the partner.
+    Failed,
+    /// Never to be sent, and why (filters, duplicates, no subscription).
+    Skipped,
+    /// Every attempt failed.
+    Dead,
+}
+
+impl EventState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventState::Pending => "pending",
+            EventState::InFlight => "in_flight",
+            EventState::Delivered => "delivered",
+            EventState::Failed => "failed",
+            EventState::Skipped => "skipped",
+            EventState::Dead => "dead",
+        }
+    }
+}
+
+/// An event parsed from an inbound request, as it enters the outbox.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub message_id: String,
+    pub call_type: Option<String>,
+    /// Events with the same key (per connection) are delivered in order.
+    pub user_key: String,
+    pub payload: Value,
+    /// `Pending`, or `Skipped` with a reason, or `Failed` (e.g. not a valid event).
+    pub state: EventState,
+    pub state_reason: Option<String>,
+}
+
+/// An inbound HTTP request, accepted or not, as the audit log keeps it.
+#[derive(Debug, Clone)]
+pub struct InboundRecord {
+    pub route: String,
+    pub connection: Option<String>,
+    pub direction: Direction,
+    /// The status the request will be answered with.
+    pub status: u16,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    /// Request headers, secrets redacted.
+    pub headers: Value,
+    pub content_encoding: Option<String>,
+    /// The body as received, Content-Encoding undone when that worked.
+    pub body: Vec<u8>,
+    pub events: Vec<NewEvent>,
+}
+
+/// What the commit of one inbound record did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Receipt {
+    pub request_id: i64,
+    /// Events entered as pending.
+    pub accepted: usize,
+    /// Events whose messageId this connection had already accepted (kept as skipped).
+    pub duplicates: usize,
+}

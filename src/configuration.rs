@@ -1,0 +1,351 @@
+//! Configuration: `config/default.toml`, overlaid by `config/<environment>.toml`, overridden by
+//! `GATEWAY__SECTION__KEY` environment variables (DESIGN §5). Every key is documented in
+//! `config/default.toml`.
+//!
+//! Secrets are `SecretString`s: they never print (their `Debug` is redacted) and reach the
+//! database only as `"<redacted>"`. Each secret of a connection can also come from an
+//! environment variable named by `<secret>_env` (`iterable_api_key_env = "SHOP_ITERABLE_KEY"`).
+
+use crate::iterable::api::{DataCenter, Hosts};
+use crate::mapping::Destination;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub application: ApplicationSettings,
+    pub database: DatabaseSettings,
+    pub ingest: IngestSettings,
+    pub delivery: DeliverySettings,
+    pub iterable: UpstreamSettings,
+    pub segment: UpstreamSettings,
+    #[serde(default)]
+    pub connections: Vec<ConnectionSettings>,
+}
+
+/// The HTTP server.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApplicationSettings {
+    pub host: String,
+    pub port: u16,
+    /// Largest decompressed body of a single-event request, bytes (Segment: 32 KB).
+    pub max_event_bytes: usize,
+    /// Largest decompressed body of a batch request, bytes (Segment: 500 KB).
+    pub max_batch_bytes: usize,
+    /// Most events in one batch (Segment: 2,500).
+    pub max_batch_events: usize,
+    /// Seconds a client is told to wait (`Retry-After`) when the database cannot commit.
+    pub retry_after_secs: u64,
+    /// Log format: `pretty` or `json`.
+    pub log_format: String,
+}
+
+/// PostgreSQL.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// `postgres://...`; unset: the gateway runs its own cluster under `dir`.
+    pub url: Option<SecretString>,
+    /// Data directory of the gateway's own cluster.
+    pub dir: PathBuf,
+    /// Port of the gateway's own cluster (0: any free port).
+    pub port: u16,
+    pub max_connections: u32,
+    /// How long an ingest commit may take before the request is answered 503.
+    pub commit_timeout_ms: u64,
+    /// Days of audit log kept (older daily partitions are dropped).
+    pub retention_days: u32,
+}
+
+/// Ingest: the group commit of inbound requests.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IngestSettings {
+    /// Writer tasks, each committing groups of concurrent requests in one transaction.
+    pub writers: usize,
+    /// Most events one group commit carries.
+    pub max_group_events: usize,
+}
+
+/// Delivery to Iterable and Segment.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeliverySettings {
+    pub mode: DeliveryMode,
+    /// Dispatcher tasks per direction.
+    pub workers: usize,
+    /// Most events one dispatcher claims at a time.
+    pub claim_batch: i64,
+    /// Seconds a claim lasts; an event whose dispatcher died is claimable again after it.
+    pub lease_secs: u64,
+    /// Attempts before an event is `dead`.
+    pub max_attempts: i32,
+    /// First retry delay, milliseconds; doubles each attempt, ±20 % jitter.
+    pub retry_base_ms: u64,
+    /// Longest retry delay (and longest `Retry-After` honoured), seconds.
+    pub retry_max_secs: u64,
+    /// Timeout of one outbound request, milliseconds.
+    pub request_timeout_ms: u64,
+    /// How often an idle dispatcher looks for due events, milliseconds.
+    pub poll_interval_ms: u64,
+    /// Requests per second per (connection, endpoint path); `default` for the others.
+    pub rate_limits: BTreeMap<String, u32>,
+}
+
+/// `dry-run` records what would be sent without a network call; `live` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum DeliveryMode {
+    #[serde(rename = "dry-run")]
+    DryRun,
+    #[serde(rename = "live")]
+    Live,
+}
+
+/// Base URLs of a partner API (tests point them at wiremock).
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpstreamSettings {
+    pub us_url: String,
+    pub eu_url: String,
+}
+
+impl UpstreamSettings {
+    pub fn hosts(&self) -> Hosts {
+        Hosts {
+            us: self.us_url.trim_end_matches('/').to_string(),
+            eu: self.eu_url.trim_end_matches('/').to_string(),
+        }
+    }
+}
+
+/// One Segment source ⇄ Iterable project.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConnectionSettings {
+    /// Used in URLs (`/webhooks/segment/{name}`) and in the audit log.
+    pub name: String,
+    /// The Segment source's write key: authenticates `/v1/*` calls.
+    pub write_key: Option<SecretString>,
+    pub write_key_env: Option<String>,
+    /// Iterable server-side API key.
+    pub iterable_api_key: Option<SecretString>,
+    pub iterable_api_key_env: Option<String>,
+    /// `united_states` or `europe`.
+    #[serde(default)]
+    pub data_center: DataCenter,
+    /// Token Iterable's system webhooks send in `Authorization`.
+    pub webhook_token: Option<SecretString>,
+    pub webhook_token_env: Option<String>,
+    /// Shared secret of Segment's Webhooks destination (`X-Signature`).
+    pub shared_secret: Option<SecretString>,
+    pub shared_secret_env: Option<String>,
+    /// Write key of the Segment source that receives Iterable's events.
+    pub segment_write_key: Option<SecretString>,
+    pub segment_write_key_env: Option<String>,
+    /// `us` or `eu`: where Iterable's events go in Segment.
+    #[serde(default = "default_region")]
+    pub segment_region: String,
+    /// Mapping settings: the keys of the README's settings table (subscriptions, page options...).
+    #[serde(default)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_region() -> String {
+    "us".into()
+}
+
+/// A configuration that cannot run, and why (each message names the key).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load the configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Loads `dir/default.toml`, then `dir/<GATEWAY_ENVIRONMENT>.toml` if present, then the
+    /// environment, then checks the result.
+    pub fn load(dir: &Path) -> Result<Settings, ConfigError> {
+        let environment = std::env::var("GATEWAY_ENVIRONMENT").unwrap_or_else(|_| "local".into());
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from(dir.join("default.toml")).required(true))
+            .add_source(config::File::from(dir.join(format!("{environment}.toml"))).required(false))
+            .add_source(
+                config::Environment::with_prefix("GATEWAY")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.resolve_secrets()?.validate()
+    }
+
+    /// Fills each `<secret>` from its `<secret>_env` variable when that is set.
+    fn resolve_secrets(mut self) -> Result<Settings, ConfigError> {
+        for c in &mut self.connections {
+            let name = c.name.clone();
+            let pairs: [(&mut Option<SecretString>, &Option<String>, &str); 5] = [
+                (&mut c.write_key, &c.write_key_env, "write_key"),
+                (
+                    &mut c.iterable_api_key,
+                    &c.iterable_api_key_env,
+                    "iterable_api_key",
+                ),
+                (&mut c.webhook_token, &c.webhook_token_env, "webhook_token"),
+                (&mut c.shared_secret, &c.shared_secret_env, "shared_secret"),
+                (
+                    &mut c.segment_write_key,
+                    &c.segment_write_key_env,
+                    "segment_write_key",
+                ),
+            ];
+            for (slot, env, key) in pairs {
+                if let Some(var) = env {
+                    match std::env::var(var) {
+                        Ok(v) if !v.is_empty() => *slot = Some(SecretString::from(v)),
+                        _ => {
+                            return Err(ConfigError::Invalid(format!(
+                                "connection {name:?}: {key}_env names {var:?}, which is not set"
+                            )))
+                        }
+                    }
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// Cross-field rules; the message says which key is wrong.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let mut names = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
+        for c in &self.connections {
+            if c.name.is_empty()
+                || !c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_".contains(ch))
+            {
+                return bad(format!(
+                    "connection name {:?} must be non-empty letters, digits, - or _ (it appears in URLs)",
+                    c.name
+                ));
+            }
+            if !names.insert(c.name.clone()) {
+                return bad(format!("two connections are named {:?}", c.name));
+            }
+            if let Some(k) = secret(&c.write_key) {
+                if !keys.insert(k.to_string()) {
+                    return bad(format!(
+                        "connection {:?}: its write_key is another connection's too",
+                        c.name
+                    ));
+                }
+            }
+            if !matches!(c.segment_region.as_str(), "us" | "eu") {
+                return bad(format!(
+                    "connection {:?}: segment_region must be \"us\" or \"eu\"",
+                    c.name
+                ));
+            }
+            Destination::from_settings(&serde_json::Value::Object(c.settings.clone())).map_err(
+                |e| ConfigError::Invalid(format!("connection {:?}: settings: {e}", c.name)),
+            )?;
+            if self.delivery.mode == DeliveryMode::Live {
+                if secret(&c.write_key).is_some() && secret(&c.iterable_api_key).is_none() {
+                    return bad(format!(
+                        "connection {:?}: delivery.mode is live but iterable_api_key is missing (set it, or iterable_api_key_env)",
+                        c.name
+                    ));
+                }
+                if secret(&c.webhook_token).is_some() && secret(&c.segment_write_key).is_none() {
+                    return bad(format!(
+                        "connection {:?}: delivery.mode is live and it receives Iterable webhooks, but segment_write_key is missing",
+                        c.name
+                    ));
+                }
+            }
+        }
+        for (what, v) in [("iterable", &self.iterable), ("segment", &self.segment)] {
+            for url in [&v.us_url, &v.eu_url] {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return bad(format!("{what}: {url:?} is not an http(s) URL"));
+                }
+            }
+        }
+        if self.delivery.workers == 0 || self.ingest.writers == 0 {
+            return bad("delivery.workers and ingest.writers must be at least 1".into());
+        }
+        if !self.delivery.rate_limits.contains_key("default") {
+            return bad("delivery.rate_limits needs a \"default\" entry".into());
+        }
+        Ok(self)
+    }
+
+    pub fn connection(&self, name: &str) -> Option<&ConnectionSettings> {
+        self.connections.iter().find(|c| c.name == name)
+    }
+}
+
+impl ConnectionSettings {
+    /// The Segment region's base URL for Iterable → Segment delivery.
+    pub fn segment_base<'a>(&self, segment: &'a UpstreamSettings) -> &'a str {
+        if self.segment_region == "eu" {
+            &segment.eu_url
+        } else {
+            &segment.us_url
+        }
+    }
+}
+
+/// A configured, non-empty secret.
+pub fn secret(s: &Option<SecretString>) -> Option<&str> {
+    s.as_ref()
+        .map(|s| s.expose_secret())
+        .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_default() -> Settings {
+        Settings::load(&PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config"
+        )))
+        .expect("default config loads")
+    }
+
+    #[test]
+    fn the_default_configuration_loads_in_dry_run_with_a_demo_connection() {
+        let s = load_default();
+        assert_eq!(s.delivery.mode, DeliveryMode::DryRun);
+        assert_eq!(s.connections[0].name, "demo");
+        assert!(s.database.url.is_none());
+        // Secrets never print.
+        assert!(!format!("{s:?}").contains("demo-write-key"));
+    }
+
+    #[test]
+    fn live_mode_without_an_iterable_key_is_refused_with_the_key_named() {
+        let mut s = load_default();
+        s.delivery.mode = DeliveryMode::Live;
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("iterable_api_key is missing"), "{e}");
+    }
+
+    #[test]
+    fn bad_connection_settings_are_named() {
+        let mut s = load_default();
+        s.connections[0]
+            .settings
+            .insert("cartEvents".into(), serde_json::json!("weird"));
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("connection \"demo\": settings: setting \"cartEvents\""),
+            "{e}"
+        );
+    }
+}
