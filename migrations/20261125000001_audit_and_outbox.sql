@@ -182,11 +182,6 @@ FROM delivery_attempt
 WHERE duration_ms IS NOT NULL AND attempted_at > now() - interval '24 hours'
 GROUP BY endpoint;
 
--- Inbound requests that were refused, with their bodies.
-CREATE VIEW audit_rejected AS
-SELECT id, received_at, route, connection, status, error_code, error_message,
-       convert_from(body, 'UTF8') AS body_text
-FROM inbound_request WHERE status >= 400;
 
 -- Event counts by state, per connection and direction.
 CREATE VIEW audit_states AS
@@ -202,7 +197,8 @@ EXCEPTION WHEN others THEN
     RETURN encode(b, 'escape');
 END $$;
 
-CREATE OR REPLACE VIEW audit_rejected AS
+-- Inbound requests that were refused, with their bodies.
+CREATE VIEW audit_rejected AS
 SELECT id, received_at, route, connection, status, error_code, error_message,
        gateway_body_text(body) AS body_text
 FROM inbound_request WHERE status >= 400;

@@ -8,9 +8,15 @@
 //! * [`database`]: PostgreSQL for the audit log, and the local cluster run without `database.url`.
 
 pub mod audit;
+pub mod body;
 pub mod cli;
 pub mod configuration;
+pub mod connection;
 pub mod database;
+pub mod error;
 pub mod iterable;
 pub mod mapping;
+pub mod ops;
 pub mod segment;
+pub mod startup;
+pub mod telemetry;

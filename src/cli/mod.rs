@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod map;
+pub mod serve;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -15,6 +16,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the gateway: HTTP ingest, audit log, dispatchers (its own PostgreSQL without database.url).
+    Serve(serve::ConfigArgs),
+    /// Apply the database migrations and exit.
+    Migrate(serve::ConfigArgs),
     /// Map events without sending them: JSON lines in, one JSON line out per line.
     Map(map::MapArgs),
     /// Verify each connection's Iterable API key (GET /api/webhooks).

@@ -59,6 +59,11 @@ impl Destination {
             .collect()
     }
 
+    /// Whether any subscription's trigger matches (ingest decides pending or skipped with it).
+    pub fn matches_any(&self, event: &SegmentEvent) -> bool {
+        self.matching(event).next().is_some()
+    }
+
     pub(crate) fn matching<'a>(
         &'a self,
         event: &'a SegmentEvent,

@@ -1,3 +1,6 @@
-//! The Segment side: the event model (and, later, the tracking API routes and client).
+//! The Segment side: the event model, who is calling, and the tracking API and webhook routes.
 
+pub mod auth;
 pub mod event;
+pub mod ingest;
+pub mod normalise;

@@ -1,0 +1,151 @@
+//! `gateway serve` and `gateway migrate`.
+
+use crate::configuration::Settings;
+use crate::database::{migrate, ClusterOptions, LocalCluster};
+use crate::startup::Application;
+use clap::Args;
+use secrecy::ExposeSecret;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Directory of default.toml and the environment overlays.
+    #[arg(long, default_value = "config", env = "GATEWAY_CONFIG_DIR")]
+    pub config: PathBuf,
+}
+
+/// Connects to `database.url`, or starts (creating if needed) the gateway's own cluster under
+/// `database.dir` and uses its `gateway` database.
+pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
+    let db = &settings.database;
+    let url = match &db.url {
+        Some(url) => url.expose_secret().to_string(),
+        None => {
+            let options = ClusterOptions {
+                port: (db.port != 0).then_some(db.port),
+                durable: true,
+            };
+            let dir = db.dir.clone();
+            let cluster =
+                tokio::task::spawn_blocking(move || LocalCluster::ensure_with(&dir, &options))
+                    .await??;
+            tracing::info!(dir = %cluster.dir().display(), port = cluster.port(), "Using the gateway's own PostgreSQL.");
+            let admin = PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&cluster.url("postgres"))
+                .await?;
+            let exists: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'gateway')",
+            )
+            .fetch_one(&admin)
+            .await?;
+            if !exists {
+                sqlx::query("CREATE DATABASE gateway")
+                    .execute(&admin)
+                    .await?;
+            }
+            cluster.url("gateway")
+        }
+    };
+    let pool = PgPoolOptions::new()
+        .max_connections(db.max_connections)
+        .acquire_timeout(Duration::from_millis(db.commit_timeout_ms))
+        .connect(&url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {e}"))?;
+    Ok(pool)
+}
+
+pub fn run_migrate(args: ConfigArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(&args.config)?;
+    crate::telemetry::init_logs(&settings.application.log_format);
+    runtime()?.block_on(async {
+        let pool = connect(&settings).await?;
+        migrate(&pool).await?;
+        println!("migrations applied");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn run_serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(&args.config)?;
+    crate::telemetry::init_logs(&settings.application.log_format);
+    runtime()?.block_on(async move {
+        let pool = connect(&settings).await?;
+        migrate(&pool).await?;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let maintenance = tokio::spawn(maintain(
+            pool.clone(),
+            settings.database.retention_days,
+            cancel.clone(),
+        ));
+        let app = Application::build(settings.clone(), pool.clone())?;
+        tracing::info!(
+            address = %format!("http://{}:{}", settings.application.host, app.port()),
+            mode = ?settings.delivery.mode,
+            connections = settings.connections.len(),
+            "The gateway is listening."
+        );
+        let handle = app.handle();
+        let server = tokio::spawn(app.run_until_stopped());
+        shutdown_signal().await;
+        tracing::info!("Shutting down: finishing in-flight requests.");
+        cancel.cancel();
+        handle.stop(true).await;
+        let _ = server.await;
+        let _ = maintenance.await;
+        pool.close().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler can be installed");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Every hour: partitions for the coming days, and retention.
+async fn maintain(pool: PgPool, retention_days: u32, cancel: tokio_util::sync::CancellationToken) {
+    loop {
+        let result = async {
+            sqlx::query("SELECT gateway_ensure_partitions(current_date - 1, 9)")
+                .execute(&pool)
+                .await?;
+            sqlx::query_scalar::<_, i32>(
+                "SELECT gateway_drop_partitions_before(current_date - $1::int)",
+            )
+            .bind(retention_days as i32)
+            .fetch_one(&pool)
+            .await
+        }
+        .await;
+        match result {
+            Ok(dropped) if dropped > 0 => {
+                tracing::info!(dropped, "Dropped audit partitions past retention.")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "Partition maintenance failed; will retry."),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}

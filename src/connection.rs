@@ -1,0 +1,59 @@
+//! The configured connections at run time: secrets to authenticate callers, and each
+//! connection's compiled mapping.
+
+use crate::configuration::{secret, ConnectionSettings, Settings};
+use crate::mapping::Destination;
+use crate::segment::auth::secrets_equal;
+
+/// One Segment source ⇄ Iterable project, ready to serve.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub settings: ConnectionSettings,
+    pub destination: Destination,
+}
+
+/// All connections, looked up by name or by write key.
+#[derive(Debug, Clone)]
+pub struct Connections(Vec<Connection>);
+
+impl Connections {
+    /// Compiles every connection's mapping (already validated by `Settings::validate`).
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Connections> {
+        settings
+            .connections
+            .iter()
+            .map(|c| {
+                let destination =
+                    Destination::from_settings(&serde_json::Value::Object(c.settings.clone()))
+                        .map_err(|e| anyhow::anyhow!("connection {:?}: {e}", c.name))?;
+                Ok(Connection {
+                    settings: c.clone(),
+                    destination,
+                })
+            })
+            .collect::<anyhow::Result<_>>()
+            .map(Connections)
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Connection> {
+        self.0.iter().find(|c| c.settings.name == name)
+    }
+
+    /// The connection whose write key this is. Every key is compared, in constant time, so the
+    /// answer's timing does not say which connection (if any) was close.
+    pub fn by_write_key(&self, key: &str) -> Option<&Connection> {
+        let mut found = None;
+        for c in &self.0 {
+            if let Some(k) = secret(&c.settings.write_key) {
+                if secrets_equal(k, key) && found.is_none() {
+                    found = Some(c);
+                }
+            }
+        }
+        found
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Connection> {
+        self.0.iter()
+    }
+}

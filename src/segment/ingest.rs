@@ -1,0 +1,255 @@
+//! The Segment routes: the tracking API (`/v1/track`, ..., `/v1/batch`) for SDKs pointed at
+//! the gateway, and `/webhooks/segment/{connection}` for Segment's Webhooks destination.
+//!
+//! Every request, accepted or refused, is written to the audit log with its body before it is
+//! answered; `200 {"success":true}` only after its events are committed (DESIGN §4).
+
+use super::auth;
+use super::event::CallType;
+use super::normalise::{batch_items, to_event, Limits};
+use crate::audit::{redact, Direction, InboundRecord, NewEvent};
+use crate::body;
+use crate::connection::Connection;
+use crate::error::IngestError;
+use crate::startup::AppState;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::Value;
+
+/// What a `/v1/...` path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Single(CallType),
+    Batch,
+    /// One event that must say its own type (Segment's webhooks).
+    Event,
+}
+
+impl Route {
+    /// `/v1/{name}`: the six call types, their one-letter forms (analytics.js), batch and import.
+    pub fn parse(name: &str) -> Option<Route> {
+        Some(match name {
+            "identify" | "i" => Route::Single(CallType::Identify),
+            "track" | "t" => Route::Single(CallType::Track),
+            "page" | "p" => Route::Single(CallType::Page),
+            "screen" | "s" => Route::Single(CallType::Screen),
+            "group" | "g" => Route::Single(CallType::Group),
+            "alias" | "a" => Route::Single(CallType::Alias),
+            "batch" | "b" | "import" => Route::Batch,
+            _ => return None,
+        })
+    }
+}
+
+/// `POST /v1/{call}`.
+pub async fn tracking_api(
+    req: HttpRequest,
+    call: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, IngestError> {
+    let route = Route::parse(&call)
+        .ok_or_else(|| IngestError::InvalidBody(format!("unknown route /v1/{call}")))?;
+    let limit = match route {
+        Route::Single(_) | Route::Event => state.settings.application.max_event_bytes,
+        Route::Batch => state.settings.application.max_batch_bytes,
+    };
+    let body = body::read(payload, header(&req, "content-encoding"), limit).await;
+    let mut record = new_record(&req, &body);
+    let mut bytes_json: Option<Result<Value, String>> = None;
+    let presented = auth::write_key_from_headers(req.headers()).or_else(|| {
+        let parsed = serde_json::from_slice::<Value>(&body.bytes).map_err(|e| e.to_string());
+        let key = parsed.as_ref().ok().and_then(auth::write_key_from_body);
+        bytes_json = Some(parsed);
+        key
+    });
+    if let Some(key) = &presented {
+        redact::scrub(&mut record.body, &[key]);
+    }
+    let Some(connection) = presented
+        .as_deref()
+        .and_then(|k| state.connections.by_write_key(k))
+    else {
+        let why = if presented.is_some() {
+            "invalid write key"
+        } else {
+            "no write key: send it as the HTTP Basic user, in X-Write-Key, or as writeKey in the body"
+        };
+        return refuse(&state, record, IngestError::Unauthorized(why.into())).await;
+    };
+    record.connection = Some(connection.settings.name.clone());
+    if let Some(problem) = body.problem {
+        return refuse(&state, record, problem).await;
+    }
+    let parsed = bytes_json
+        .unwrap_or_else(|| serde_json::from_slice(&body.bytes).map_err(|e| e.to_string()));
+    let events = parsed
+        .map_err(IngestError::InvalidJson)
+        .and_then(|json| events_of(json, route, connection, &state));
+    accept_or_refuse(&state, record, events).await
+}
+
+/// `POST /webhooks/segment/{connection}`: Segment's Webhooks destination, signed with the
+/// connection's shared secret.
+pub async fn segment_webhook(
+    req: HttpRequest,
+    name: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, IngestError> {
+    let app = &state.settings.application;
+    let body = body::read(
+        payload,
+        header(&req, "content-encoding"),
+        app.max_batch_bytes,
+    )
+    .await;
+    let mut record = new_record(&req, &body);
+    let Some(connection) = state.connections.by_name(&name) else {
+        return refuse(
+            &state,
+            record,
+            IngestError::UnknownConnection(name.into_inner()),
+        )
+        .await;
+    };
+    record.connection = Some(connection.settings.name.clone());
+    let Some(secret) = crate::configuration::secret(&connection.settings.shared_secret) else {
+        let e = IngestError::Unauthorized(
+            "this connection has no shared_secret, so it accepts no Segment webhooks".into(),
+        );
+        return refuse(&state, record, e).await;
+    };
+    if let Err(e) = auth::verify_signature(secret, &body.bytes, header(&req, "x-signature")) {
+        return refuse(&state, record, IngestError::Unauthorized(e.to_string())).await;
+    }
+    if let Some(problem) = body.problem {
+        return refuse(&state, record, problem).await;
+    }
+    let events = serde_json::from_slice::<Value>(&body.bytes)
+        .map_err(|e| IngestError::InvalidJson(e.to_string()))
+        .and_then(|json| match json {
+            Value::Array(_) => events_of(json, Route::Batch, connection, &state),
+            obj if body.bytes.len() <= app.max_event_bytes => {
+                events_of(obj, Route::Event, connection, &state)
+            }
+            _ => Err(IngestError::TooLarge(format!(
+                "the event is larger than {} bytes",
+                app.max_event_bytes
+            ))),
+        });
+    accept_or_refuse(&state, record, events).await
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn new_record(req: &HttpRequest, body: &body::Body) -> InboundRecord {
+    InboundRecord {
+        route: req.path().to_string(),
+        connection: None,
+        direction: Direction::SegmentToIterable,
+        status: 200,
+        error_code: None,
+        error_message: None,
+        headers: redact::headers(
+            req.headers()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_bytes())),
+        ),
+        content_encoding: body.content_encoding.clone(),
+        body: body.bytes.clone(),
+        events: Vec::new(),
+    }
+}
+
+fn events_of(
+    json: Value,
+    route: Route,
+    connection: &Connection,
+    state: &AppState,
+) -> Result<Vec<NewEvent>, IngestError> {
+    let app = &state.settings.application;
+    let limits = Limits {
+        max_event_bytes: app.max_event_bytes,
+        max_batch_events: app.max_batch_events,
+    };
+    let received_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let dest = &connection.destination;
+    match route {
+        Route::Batch => Ok(batch_items(json, &limits)?
+            .into_iter()
+            .map(|item| to_event(item, None, dest, &received_at))
+            .collect()),
+        Route::Single(_) | Route::Event => {
+            if !json.is_object() {
+                return Err(IngestError::InvalidBody(
+                    "the body must be a JSON object (one Segment call)".into(),
+                ));
+            }
+            let call = match route {
+                Route::Single(call) => Some(call),
+                _ => None,
+            };
+            let event = to_event(json, call, dest, &received_at);
+            match event.state {
+                crate::audit::EventState::Failed => Err(IngestError::InvalidBody(
+                    event.state_reason.unwrap_or_default(),
+                )),
+                _ => Ok(vec![event]),
+            }
+        }
+    }
+}
+
+async fn accept_or_refuse(
+    state: &AppState,
+    mut record: InboundRecord,
+    events: Result<Vec<NewEvent>, IngestError>,
+) -> Result<HttpResponse, IngestError> {
+    match events {
+        Err(e) => refuse(state, record, e).await,
+        Ok(events) => {
+            let n = events.len();
+            record.events = events;
+            commit(state, record).await?;
+            metrics::counter!("gateway_inbound_events_total", "direction" => "segment_to_iterable")
+                .increment(n as u64);
+            Ok(HttpResponse::Ok().json(serde_json::json!({"success": true})))
+        }
+    }
+}
+
+/// Audits a refused request, then refuses it (or answers 503 if even the audit fails).
+pub async fn refuse(
+    state: &AppState,
+    mut record: InboundRecord,
+    error: IngestError,
+) -> Result<HttpResponse, IngestError> {
+    use actix_web::ResponseError;
+    record.status = error.status_code().as_u16();
+    record.error_code = Some(error.code().into());
+    record.error_message = Some(error.to_string());
+    record.events.clear();
+    commit(state, record).await?;
+    Err(error)
+}
+
+async fn commit(state: &AppState, record: InboundRecord) -> Result<(), IngestError> {
+    let status = record.status;
+    let timeout = std::time::Duration::from_millis(state.settings.database.commit_timeout_ms);
+    match state.committer.commit(record, timeout).await {
+        Ok(_) => {
+            metrics::counter!("gateway_inbound_requests_total", "status" => status.to_string())
+                .increment(1);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "The audit log could not commit a request; answering 503.");
+            metrics::counter!("gateway_inbound_requests_total", "status" => "503").increment(1);
+            Err(IngestError::Unavailable {
+                retry_after_secs: state.settings.application.retry_after_secs,
+            })
+        }
+    }
+}
