@@ -1,9 +1,11 @@
 //! The integration test binary (one binary, many modules, as zero2prod arranges it).
 
+mod app;
 mod cli_map;
 mod database;
 mod differential;
 mod helpers;
+mod ingest;
 mod iterable_client;
 mod mapping_vectors;
 mod oracle_probes;
