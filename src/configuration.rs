@@ -146,6 +146,9 @@ pub struct ConnectionSettings {
     /// Mapping settings: the keys of the README's settings table (subscriptions, page options...).
     #[serde(default)]
     pub settings: serde_json::Map<String, serde_json::Value>,
+    /// Iterable eventName → Segment event name, over the default table (case-insensitive).
+    #[serde(default)]
+    pub event_names: serde_json::Map<String, serde_json::Value>,
 }
 
 fn default_region() -> String {

@@ -2,6 +2,7 @@
 //! connection's compiled mapping.
 
 use crate::configuration::{secret, ConnectionSettings, Settings};
+use crate::mapping::reverse::EventNames;
 use crate::mapping::Destination;
 use crate::segment::auth::secrets_equal;
 
@@ -10,6 +11,8 @@ use crate::segment::auth::secrets_equal;
 pub struct Connection {
     pub settings: ConnectionSettings,
     pub destination: Destination,
+    /// Iterable event names → Segment event names, with this connection's overrides.
+    pub event_names: EventNames,
 }
 
 /// All connections, looked up by name or by write key.
@@ -26,9 +29,11 @@ impl Connections {
                 let destination =
                     Destination::from_settings(&serde_json::Value::Object(c.settings.clone()))
                         .map_err(|e| anyhow::anyhow!("connection {:?}: {e}", c.name))?;
+                let event_names = EventNames::with_overrides(&c.event_names);
                 Ok(Connection {
                     settings: c.clone(),
                     destination,
+                    event_names,
                 })
             })
             .collect::<anyhow::Result<_>>()

@@ -60,6 +60,10 @@ impl Application {
                     "/webhooks/segment/{connection}",
                     web::post().to(segment::ingest::segment_webhook),
                 )
+                .route(
+                    "/webhooks/iterable/{connection}",
+                    web::post().to(crate::iterable::webhook::iterable_webhook),
+                )
                 .route("/healthz", web::get().to(ops::healthz))
                 .route("/readyz", web::get().to(ops::readyz))
                 .route("/metrics", web::get().to(ops::metrics))

@@ -11,6 +11,7 @@ pub mod fql;
 pub mod js;
 pub mod kit;
 pub mod page;
+pub mod reverse;
 pub mod schema;
 mod settings;
 

@@ -204,20 +204,26 @@ fn events_of(
 
 async fn accept_or_refuse(
     state: &AppState,
-    mut record: InboundRecord,
+    record: InboundRecord,
     events: Result<Vec<NewEvent>, IngestError>,
 ) -> Result<HttpResponse, IngestError> {
     match events {
         Err(e) => refuse(state, record, e).await,
         Ok(events) => {
-            let n = events.len();
+            let mut record = record;
             record.events = events;
-            commit(state, record).await?;
-            metrics::counter!("gateway_inbound_events_total", "direction" => "segment_to_iterable")
-                .increment(n as u64);
-            Ok(HttpResponse::Ok().json(serde_json::json!({"success": true})))
+            accept(state, record).await
         }
     }
+}
+
+/// Commits an accepted request with its events, then acknowledges it.
+pub async fn accept(state: &AppState, record: InboundRecord) -> Result<HttpResponse, IngestError> {
+    let n = record.events.len() as u64;
+    let direction = record.direction.as_str();
+    commit(state, record).await?;
+    metrics::counter!("gateway_inbound_events_total", "direction" => direction).increment(n);
+    Ok(HttpResponse::Ok().json(serde_json::json!({"success": true})))
 }
 
 /// Audits a refused request, then refuses it (or answers 503 if even the audit fails).

@@ -7,6 +7,7 @@ mod differential;
 mod helpers;
 mod ingest;
 mod iterable_client;
+mod iterable_webhook;
 mod mapping_vectors;
 mod oracle_probes;
 mod properties;

@@ -1,0 +1,175 @@
+//! `POST /webhooks/iterable/{connection}`: Iterable system webhooks (email, push, SMS, in-app
+//! events) become Segment `track` calls in the outbox (DESIGN §1, §3).
+//!
+//! Iterable signs nothing: the caller is authenticated by the connection's webhook token in
+//! `Authorization`, sent raw or after `Basic`, `OAuth2` or `Bearer` (Iterable sends
+//! `Authorization: <type> <token>`, sometimes without the type). Compared in constant time.
+
+use crate::audit::{redact, Direction, EventState, InboundRecord, NewEvent};
+use crate::body;
+use crate::error::IngestError;
+use crate::mapping::reverse::{split_body, to_segment_track, Context, EventNames};
+use crate::segment::auth::secrets_equal;
+use crate::segment::ingest::{accept, refuse};
+use crate::startup::AppState;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::Value;
+
+/// The token of an `Authorization` header, with or without its scheme.
+pub fn presented_token(header: &str) -> &str {
+    let header = header.trim();
+    for scheme in [
+        "Basic ", "OAuth2 ", "Bearer ", "basic ", "oauth2 ", "bearer ", "OAUTH2 ", "BEARER ",
+        "BASIC ",
+    ] {
+        if let Some(token) = header.strip_prefix(scheme) {
+            return token.trim();
+        }
+    }
+    header
+}
+
+pub async fn iterable_webhook(
+    req: HttpRequest,
+    name: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, IngestError> {
+    let encoding = req
+        .headers()
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok());
+    let body = body::read(
+        payload,
+        encoding,
+        state.settings.application.max_batch_bytes,
+    )
+    .await;
+    let mut record = InboundRecord {
+        route: req.path().to_string(),
+        connection: None,
+        direction: Direction::IterableToSegment,
+        status: 200,
+        error_code: None,
+        error_message: None,
+        headers: redact::headers(
+            req.headers()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_bytes())),
+        ),
+        content_encoding: body.content_encoding.clone(),
+        body: body.bytes.clone(),
+        events: Vec::new(),
+    };
+    let Some(connection) = state.connections.by_name(&name) else {
+        return refuse(
+            &state,
+            record,
+            IngestError::UnknownConnection(name.into_inner()),
+        )
+        .await;
+    };
+    record.connection = Some(connection.settings.name.clone());
+    let Some(expected) = crate::configuration::secret(&connection.settings.webhook_token) else {
+        let e = IngestError::Unauthorized(
+            "this connection has no webhook_token, so it accepts no Iterable webhooks".into(),
+        );
+        return refuse(&state, record, e).await;
+    };
+    let presented = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(presented_token);
+    match presented {
+        Some(token) if secrets_equal(token, expected) => {}
+        Some(_) => {
+            return refuse(
+                &state,
+                record,
+                IngestError::Unauthorized("invalid webhook token".into()),
+            )
+            .await
+        }
+        None => {
+            let e = IngestError::Unauthorized(
+                "no Authorization header: send the connection's webhook token".into(),
+            );
+            return refuse(&state, record, e).await;
+        }
+    }
+    if let Some(problem) = body.problem {
+        return refuse(&state, record, problem).await;
+    }
+    let events = events_of(&body.bytes, &connection.event_names);
+    match events {
+        Ok(events) => {
+            record.events = events;
+            accept(&state, record).await
+        }
+        Err(e) => refuse(&state, record, e).await,
+    }
+}
+
+/// Every event of the body as a Segment call; one bad event refuses the request, naming it.
+fn events_of(bytes: &[u8], names: &EventNames) -> Result<Vec<NewEvent>, IngestError> {
+    let items = split_body(bytes).map_err(|e| IngestError::InvalidJson(e.to_string()))?;
+    if items.is_empty() {
+        return Err(IngestError::InvalidBody(
+            "the body is an empty array".into(),
+        ));
+    }
+    let received_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let ctx = Context {
+        names,
+        received_at: &received_at,
+    };
+    let several = items.len() > 1;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, (raw, event))| {
+            let track = to_segment_track(raw, &event, &ctx).map_err(|e| {
+                IngestError::InvalidBody(if several {
+                    format!("event {i}: {e}")
+                } else {
+                    e.to_string()
+                })
+            })?;
+            let user_key = match (track.get("userId"), track.get("anonymousId")) {
+                (Some(Value::String(u)), _) => format!("u:{u}"),
+                (_, Some(Value::String(a))) => format!("e:{a}"),
+                _ => String::new(),
+            };
+            Ok(NewEvent {
+                message_id: track["messageId"].as_str().unwrap_or_default().to_string(),
+                call_type: event
+                    .get("eventName")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                user_key,
+                payload: track,
+                state: EventState::Pending,
+                state_reason: None,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::presented_token;
+
+    #[test]
+    fn tokens_are_read_with_or_without_a_scheme() {
+        for h in [
+            "tok",
+            "Basic tok",
+            "OAuth2 tok",
+            "Bearer tok",
+            " bearer  tok ",
+        ] {
+            assert_eq!(presented_token(h), "tok", "{h}");
+        }
+    }
+}
