@@ -12,6 +12,8 @@ pub const WRITE_KEY: &str = "test-write-key";
 pub const SHARED_SECRET: &str = "test-shared-secret";
 pub const ITERABLE_KEY: &str = "test-iterable-key";
 
+// Not every test reads every field.
+#[allow(dead_code)]
 pub struct TestApp {
     pub address: String,
     pub pool: PgPool,
