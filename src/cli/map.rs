@@ -23,7 +23,8 @@ pub struct MapArgs {
     /// Map all lines as one batch and print the bulk requests.
     #[arg(long)]
     pub batch: bool,
-    /// What the input lines are: Segment events (default) or Iterable webhook bodies.
+    /// What the input lines are: Segment events (default) or Iterable webhook bodies (then the
+    /// output is the Segment batch each becomes; settings: segmentRegion, eventNames).
     #[arg(long, value_parser = ["segment", "iterable"], default_value = "segment")]
     pub from: String,
     /// "Now" for createdAt defaults: RFC 3339 or Unix milliseconds (default: the clock).
@@ -32,9 +33,6 @@ pub struct MapArgs {
 }
 
 pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
-    if args.from == "iterable" {
-        anyhow::bail!("--from iterable is not available yet: the Iterable → Segment direction comes with the webhook source");
-    }
     let defaults = match &args.settings {
         Some(p) => match read_json_file(p)? {
             Value::Object(m) => m,
@@ -43,6 +41,9 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
         None => Map::new(),
     };
     let now_ms = parse_now(args.now.as_deref())?;
+    if args.from == "iterable" {
+        return run_from_iterable(defaults, now_ms);
+    }
     let mut mapper = Mapper::new(defaults);
     let stdin = std::io::stdin().lock();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
@@ -58,6 +59,55 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
             out.write_all(js::to_json_string(&mapper.map_line(&line, now_ms)).as_bytes())?;
             out.write_all(b"\n")?;
         }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--from iterable`: each line is an Iterable webhook body; each output line is the Segment
+/// request it becomes (`POST {region}/v1/batch`). Settings: `segmentRegion` (`us`/`eu`),
+/// `segmentWriteKey` (only redacted), `eventNames` (overrides of the event-name table).
+fn run_from_iterable(settings: Map<String, Value>, now_ms: i64) -> anyhow::Result<ExitCode> {
+    use crate::mapping::reverse::{split_body, to_segment_track, Context, EventNames};
+    let names = match settings.get("eventNames") {
+        Some(Value::Object(o)) => EventNames::with_overrides(o),
+        _ => EventNames::with_overrides(&Map::new()),
+    };
+    let host = match settings.get("segmentRegion").and_then(Value::as_str) {
+        Some("eu") => "https://events.eu1.segmentapis.com",
+        _ => "https://api.segment.io",
+    };
+    let received_at = chrono::DateTime::from_timestamp_millis(now_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let ctx = Context {
+        names: &names,
+        received_at: &received_at,
+    };
+    let stdin = std::io::stdin().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in stdin.lines() {
+        let line = line?;
+        let answer = match split_body(line.as_bytes()) {
+            Err(e) => error_line("INVALID_JSON", format!("the line is not JSON: {e}")),
+            Ok(items) => {
+                let tracks: Result<Vec<Value>, _> = items
+                    .iter()
+                    .map(|(raw, v)| to_segment_track(raw, v, &ctx))
+                    .collect();
+                match tracks {
+                    Err(e) => error_line("INVALID_WEBHOOK", e.to_string()),
+                    Ok(batch) => json!({"action": "track", "requests": [{
+                        "method": "POST",
+                        "url": format!("{host}/v1/batch"),
+                        "headers": {"Authorization": "<redacted>", "Content-Type": "application/json"},
+                        "body": {"batch": batch},
+                    }]}),
+                }
+            }
+        };
+        out.write_all(js::to_json_string(&answer).as_bytes())?;
+        out.write_all(b"\n")?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

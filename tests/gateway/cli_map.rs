@@ -131,7 +131,7 @@ fn settings_file_and_batch_mode_produce_bulk_requests() {
 }
 
 #[test]
-fn bad_settings_and_unavailable_modes_fail_loudly() {
+fn bad_settings_fail_loudly_on_their_line() {
     let (lines, _, ok) = gateway_map(
         &[],
         r#"{"event":{"type":"identify","userId":"u"},"settings":{"apiKye":"x"}}"#,
@@ -142,7 +142,32 @@ fn bad_settings_and_unavailable_modes_fail_loudly() {
         .as_str()
         .unwrap()
         .contains("apiKye"));
-    let (_, stderr, ok) = gateway_map(&["--from", "iterable"], "{}");
-    assert!(!ok);
-    assert!(stderr.contains("not available yet"), "{stderr}");
+}
+
+#[test]
+fn from_iterable_prints_the_segment_batch_each_webhook_becomes() {
+    let input = [
+        r#"{"email":"docs@iterable.com","eventName":"emailOpen","dataFields":{"createdAt":"2016-12-02 18:51:45 +00:00","ip":"1.2.3.4"}}"#,
+        r#"[{"userId":"u1","eventName":"pushSend"},{"userId":"u2","eventName":"smsClick"}]"#,
+        r#"{"email":"a@b.co"}"#,
+    ]
+    .join("\n");
+    let (lines, _, ok) = gateway_map(
+        &["--from", "iterable", "--now", "2026-01-01T00:00:00Z"],
+        &input,
+    );
+    assert!(ok);
+    assert_eq!(lines.len(), 3);
+    let req = &lines[0]["requests"][0];
+    assert_eq!(req["url"], "https://api.segment.io/v1/batch");
+    assert_eq!(req["headers"]["Authorization"], "<redacted>");
+    let track = &req["body"]["batch"][0];
+    assert_eq!(track["event"], "Email Opened");
+    assert_eq!(track["timestamp"], "2016-12-02T18:51:45Z");
+    assert_eq!(track["context"]["ip"], "1.2.3.4");
+    let batch = lines[1]["requests"][0]["body"]["batch"].as_array().unwrap();
+    assert_eq!(batch.len(), 2);
+    assert_eq!(batch[1]["event"], "SMS Clicked");
+    assert_eq!(batch[1]["timestamp"], "2026-01-01T00:00:00.000Z");
+    assert_eq!(lines[2]["error"]["code"], "INVALID_WEBHOOK");
 }
