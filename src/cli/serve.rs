@@ -19,9 +19,11 @@ pub struct ConfigArgs {
 }
 
 /// Connects to `database.url`, or starts (creating if needed) the gateway's own cluster under
-/// `database.dir` and uses its `gateway` database.
-pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
+/// `database.dir` and uses its `gateway` database; the cluster is returned when this call
+/// started it, so that shutdown stops it again.
+pub async fn connect(settings: &Settings) -> anyhow::Result<(PgPool, Option<LocalCluster>)> {
     let db = &settings.database;
+    let mut own: Option<LocalCluster> = None;
     let url = match &db.url {
         Some(url) => url.expose_secret().to_string(),
         None => {
@@ -48,7 +50,11 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
                     .execute(&admin)
                     .await?;
             }
-            cluster.url("gateway")
+            let url = cluster.url("gateway");
+            if cluster.started_here() {
+                own = Some(cluster);
+            }
+            url
         }
     };
     let pool = PgPoolOptions::new()
@@ -57,16 +63,20 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
         .connect(&url)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {e}"))?;
-    Ok(pool)
+    Ok((pool, own))
 }
 
 pub fn run_migrate(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(&args.config)?;
     crate::telemetry::init_logs(&settings.application.log_format);
     runtime()?.block_on(async {
-        let pool = connect(&settings).await?;
+        let (pool, own) = connect(&settings).await?;
         migrate(&pool).await?;
         println!("migrations applied");
+        pool.close().await;
+        if let Some(cluster) = own {
+            cluster.stop()?;
+        }
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -75,7 +85,7 @@ pub fn run_serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(&args.config)?;
     crate::telemetry::init_logs(&settings.application.log_format);
     runtime()?.block_on(async move {
-        let pool = connect(&settings).await?;
+        let (pool, own) = connect(&settings).await?;
         migrate(&pool).await?;
         let cancel = tokio_util::sync::CancellationToken::new();
         let maintenance = tokio::spawn(maintain(
@@ -99,6 +109,10 @@ pub fn run_serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         let _ = server.await;
         let _ = maintenance.await;
         pool.close().await;
+        if let Some(cluster) = own {
+            tracing::info!("Stopping the gateway's own PostgreSQL.");
+            cluster.stop()?;
+        }
         Ok(ExitCode::SUCCESS)
     })
 }
