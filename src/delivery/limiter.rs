@@ -18,9 +18,11 @@ pub const DEFAULT_KEY: &str = "default";
 #[derive(Debug)]
 pub struct Limiters {
     rates: BTreeMap<String, u32>,
-    // `None`: unlimited (a rate of 0).
-    limiters: Mutex<HashMap<(String, String), Option<Arc<DefaultDirectRateLimiter>>>>,
+    limiters: Mutex<HashMap<(String, String), Slot>>,
 }
+
+/// One pair's limiter; `None`: unlimited (a rate of 0).
+type Slot = Option<Arc<DefaultDirectRateLimiter>>;
 
 impl Limiters {
     /// `rates`: requests per second by endpoint path, and [`DEFAULT_KEY`]; 0 is unlimited.
@@ -47,7 +49,7 @@ impl Limiters {
         }
     }
 
-    fn limiter(&self, connection: &str, path: &str) -> Option<Arc<DefaultDirectRateLimiter>> {
+    fn limiter(&self, connection: &str, path: &str) -> Slot {
         let mut limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
         limiters
             .entry((connection.to_string(), path.to_string()))

@@ -33,13 +33,16 @@ pub enum DeliveryError {
 /// A source of uniform samples in [0, 1) for the retry jitter.
 pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
 
+/// A connection's compiled mapping, or why there is none.
+pub type Compiled = Arc<Result<Destination, String>>;
+
 /// What every worker of a process shares: one HTTP client (one connection pool), the rate
 /// limiters, each connection's compiled mapping, and the jitter source. Cheap to clone.
 #[derive(Clone)]
 pub struct Clients {
     pub(crate) http: reqwest::Client,
     pub(crate) limiters: Arc<Limiters>,
-    destinations: Arc<Mutex<HashMap<String, Arc<Result<Destination, String>>>>>,
+    destinations: Arc<Mutex<HashMap<String, Compiled>>>,
     pub(crate) jitter: Jitter,
 }
 
@@ -77,11 +80,7 @@ impl Clients {
 
     /// The connection's compiled mapping, compiled on first use; `Err` names what is wrong
     /// (an unknown connection, or settings that do not compile).
-    pub fn destination(
-        &self,
-        settings: &Settings,
-        connection: &str,
-    ) -> Arc<Result<Destination, String>> {
+    pub fn destination(&self, settings: &Settings, connection: &str) -> Compiled {
         let mut cache = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
         cache
             .entry(connection.to_string())

@@ -34,7 +34,6 @@ pub struct Harness {
 /// An event's row, as a test reads it.
 #[derive(Debug, sqlx::FromRow)]
 pub struct EventRow {
-    pub id: i64,
     pub state: String,
     pub state_reason: Option<String>,
     pub action: Option<String>,
@@ -163,7 +162,7 @@ impl Harness {
 
     pub async fn event(&self, message_id: &str) -> EventRow {
         sqlx::query_as(
-            "SELECT id, state, state_reason, action, attempts, solo FROM event WHERE message_id = $1",
+            "SELECT state, state_reason, action, attempts, solo FROM event WHERE message_id = $1",
         )
         .bind(message_id)
         .fetch_one(&self.pool)

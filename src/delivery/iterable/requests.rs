@@ -140,3 +140,126 @@ fn bulk_key(endpoint: Endpoint) -> &'static str {
         _ => "events",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::store::Claimed;
+    use crate::mapping::PlannedRequest;
+    use serde_json::json;
+
+    fn job(id: i64, conn: &Arc<Conn>, solo: bool, steps: Vec<(Endpoint, Value)>) -> Job {
+        Job {
+            event: Claimed {
+                id,
+                received_at: chrono::Utc::now(),
+                connection: conn.name.clone(),
+                message_id: format!("m-{id}"),
+                user_key: format!("u-{id}"),
+                payload: json!({}),
+                attempts: 1,
+                solo,
+            },
+            conn: conn.clone(),
+            steps: steps
+                .into_iter()
+                .map(|(endpoint, body)| PlannedRequest { endpoint, body })
+                .collect(),
+            action: None,
+            errors: vec![],
+        }
+    }
+
+    fn conn(name: &str) -> Arc<Conn> {
+        Arc::new(Conn {
+            name: name.into(),
+            api_key: None,
+            base: "http://iterable".into(),
+        })
+    }
+
+    fn shape(requests: &[Request]) -> Vec<(Endpoint, Vec<usize>)> {
+        let jobs = |r: &Request| r.members.iter().map(|m| m.job).collect();
+        requests.iter().map(|r| (r.endpoint, jobs(r))).collect()
+    }
+
+    #[test]
+    fn bulkable_steps_are_grouped_per_connection_and_solo_events_go_alone() {
+        let (a, b) = (conn("a"), conn("b"));
+        let track = |n: i64| (Endpoint::EventsTrack, json!({"eventName": "E", "n": n}));
+        let jobs = vec![
+            job(1, &a, false, vec![track(1)]),
+            job(
+                2,
+                &a,
+                false,
+                vec![(Endpoint::CommerceUpdateCart, json!({"n": 2}))],
+            ),
+            job(3, &b, false, vec![track(3)]),
+            job(4, &a, true, vec![track(4)]),
+            job(
+                5,
+                &a,
+                false,
+                vec![track(5), (Endpoint::UsersUpdateEmail, json!({}))],
+            ),
+        ];
+        let requests = build(&jobs, &[0, 1, 2, 3, 4], 0);
+        use Endpoint::*;
+        assert_eq!(
+            shape(&requests),
+            [
+                (EventsTrackBulk, vec![0, 4]),
+                (CommerceUpdateCart, vec![1]),
+                (EventsTrackBulk, vec![2]),
+                (EventsTrackBulk, vec![3]),
+            ]
+        );
+        assert_eq!(
+            requests[0].wire,
+            r#"{"events":[{"eventName":"E","n":1},{"eventName":"E","n":5}]}"#
+        );
+        assert_eq!(
+            requests[0].body,
+            json!({"events": [{"eventName": "E", "n": 1}, {"eventName": "E", "n": 5}]})
+        );
+        // Round 1: only job 4 has a second step.
+        assert_eq!(
+            shape(&build(&jobs, &[0, 1, 2, 3, 4], 1)),
+            [(UsersUpdateEmail, vec![4])]
+        );
+    }
+
+    #[test]
+    fn bulk_requests_hold_at_most_1000_items_and_4_mb() {
+        let a = conn("a");
+        let user = |n: i64| (Endpoint::UsersUpdate, json!({"userId": format!("u-{n}")}));
+        let jobs: Vec<Job> = (0..2500)
+            .map(|n| job(n, &a, false, vec![user(n)]))
+            .collect();
+        let all: Vec<usize> = (0..jobs.len()).collect();
+        let sizes: Vec<usize> = build(&jobs, &all, 0)
+            .iter()
+            .map(|r| r.members.len())
+            .collect();
+        assert_eq!(sizes, [1000, 1000, 500]);
+
+        let big = "x".repeat(1_500_000);
+        let jobs: Vec<Job> = (0..5)
+            .map(|n| {
+                job(
+                    n,
+                    &a,
+                    false,
+                    vec![(Endpoint::UsersUpdate, json!({"blob": big}))],
+                )
+            })
+            .collect();
+        let requests = build(&jobs, &[0, 1, 2, 3, 4], 0);
+        assert_eq!(
+            requests.iter().map(|r| r.members.len()).collect::<Vec<_>>(),
+            [2, 2, 1]
+        );
+        assert!(requests.iter().all(|r| r.wire.len() <= MAX_BULK_BYTES));
+    }
+}

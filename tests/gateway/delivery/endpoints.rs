@@ -34,7 +34,7 @@ fn order_completed() -> Value {
     json!({
         "type": "track", "event": "Order Completed", "messageId": "m-order", "userId": "u-order",
         "timestamp": "2024-05-01T10:00:00Z",
-        "properties": {"order_id": "o-1", "total": 25, "products": [{"product_id": "p1", "price": 12.5, "quantity": 2}]},
+        "properties": {"order_id": "o-1", "total": 25, "products": [{"product_id": "p1", "sku": "S1", "name": "Mug", "price": 12.5, "quantity": 2}]},
         "context": {"traits": {"email": "order@example.com"}}
     })
 }

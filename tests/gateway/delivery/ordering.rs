@@ -34,8 +34,8 @@ async fn two_dispatchers_on_one_database_never_send_the_same_event_twice() {
         worker::drain(&h.pool, &h.settings, &h.clients),
         worker::drain(&h.pool, &h.settings, &h.clients),
     );
-    a.unwrap();
-    b.unwrap();
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a > 0 && b > 0, "both dispatchers claimed events ({a}, {b})");
     h.drain_all().await;
 
     // Assert: each messageId received exactly once, and each user's in order.
