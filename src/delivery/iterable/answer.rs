@@ -83,12 +83,15 @@ pub(super) fn interpret(
             }
         }
         // One bad item must not fail its batch: each event is retried alone, so that only the
-        // bad one fails (Block's client does the same, reference §1.4).
-        Class::Permanent if members.len() > 1 => Verdicts {
-            outcome: AttemptOutcome::Retry,
-            error: Some(format!("{what}; each of its events is retried alone")),
-            steps: all(Step::Stop(Next::Split, format!("{what}; retried alone"))),
-        },
+        // bad one fails (Block's client does the same, reference §1.4). Not for 401/403: a bad
+        // key refuses every item, and splitting would only multiply the refusals.
+        Class::Permanent if members.len() > 1 && !matches!(reply.status(), Some(401 | 403)) => {
+            Verdicts {
+                outcome: AttemptOutcome::Retry,
+                error: Some(format!("{what}; each of its events is retried alone")),
+                steps: all(Step::Stop(Next::Split, format!("{what}; retried alone"))),
+            }
+        }
         Class::Permanent => Verdicts {
             outcome: AttemptOutcome::Failed,
             error: Some(what.clone()),
@@ -110,7 +113,7 @@ fn describe(request: &Request, reply: &Reply) -> String {
             // else is quoted as received.
             let detail = match parsed.as_ref().filter(|v| v.get("code").is_some()) {
                 Some(v) => json!({"msg": v.get("msg"), "code": v.get("code")}).to_string(),
-                None => truncate(body.trim(), QUOTED_BODY_BYTES).to_string(),
+                None => truncate(body.trim(), QUOTED_BODY_BYTES).replace('\0', "\u{fffd}"),
             };
             format!("HTTP {status} from {path}: {detail}")
         }

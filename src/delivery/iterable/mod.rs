@@ -21,11 +21,14 @@ use super::{Clients, DeliveryError};
 use crate::audit::Direction;
 use crate::configuration::{DeliveryMode, Settings};
 use answer::{Step, Verdicts};
+use chrono::{DateTime, Utc};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use plan::{Job, Planned};
 use requests::Request;
 use sqlx::PgPool;
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
 
 /// Requests of one round in flight at once (the limiters still apply).
 const CONCURRENT_REQUESTS: usize = 16;
@@ -42,6 +45,7 @@ pub async fn process(
     claimed: Vec<Claimed>,
 ) -> Result<(), DeliveryError> {
     let now_ms = chrono::Utc::now().timestamp_millis();
+    let held: Vec<_> = claimed.iter().map(|e| (e.id, e.received_at)).collect();
     let mut conns = HashMap::new();
     let (mut jobs, mut settles) = (Vec::new(), Vec::new());
     for event in claimed {
@@ -53,29 +57,12 @@ pub async fn process(
 
     let dry_run = settings.delivery.mode == DeliveryMode::DryRun;
     let policy = RetryPolicy::from_settings(&settings.delivery);
-    let mut stopped: Vec<Option<(Next, String)>> = vec![None; jobs.len()];
-    let mut alive: Vec<usize> = (0..jobs.len()).collect();
-    let mut round = 0;
-    while !alive.is_empty() {
-        let requests = requests::build(&jobs, &alive, round);
-        if requests.is_empty() {
-            break;
-        }
-        // By index: a closure over `&Request` trips a higher-ranked lifetime limit of the
-        // compiler once the future must be `Send` (rust-lang/rust#102211).
-        let verdicts: Vec<Verdicts> = stream::iter(0..requests.len())
-            .map(|i| attempt(pool, clients, &jobs, &requests[i], &policy, dry_run))
-            .buffer_unordered(CONCURRENT_REQUESTS)
-            .try_collect()
-            .await?;
-        for (job, step) in verdicts.into_iter().flat_map(|v| v.steps) {
-            if let Step::Stop(next, why) = step {
-                stopped[job] = Some((next, why));
-            }
-        }
-        alive.retain(|&j| stopped[j].is_none());
-        round += 1;
-    }
+    let lease = Duration::from_secs(settings.delivery.lease_secs);
+    // Rate limits and slow answers can make a batch outlast its lease: renew it meanwhile.
+    let stopped = tokio::select! {
+        stopped = rounds(pool, clients, &jobs, &policy, dry_run) => stopped?,
+        never = keep_leases(pool, owner, &held, lease) => match never {},
+    };
 
     for (job, stop) in jobs.into_iter().zip(stopped) {
         let (next, reason) = match stop {
@@ -110,6 +97,59 @@ pub async fn process(
         metrics::counter!("gateway_events_total", "state" => s.next.state()).increment(1);
     }
     Ok(())
+}
+
+/// Sends the events' requests round by round; returns, per job, where it stopped (`None`:
+/// every request went through).
+async fn rounds(
+    pool: &PgPool,
+    clients: &Clients,
+    jobs: &[Job],
+    policy: &RetryPolicy,
+    dry_run: bool,
+) -> Result<Vec<Option<(Next, String)>>, sqlx::Error> {
+    let mut stopped: Vec<Option<(Next, String)>> = vec![None; jobs.len()];
+    let mut alive: Vec<usize> = (0..jobs.len()).collect();
+    let mut round = 0;
+    while !alive.is_empty() {
+        let requests = requests::build(jobs, &alive, round);
+        if requests.is_empty() {
+            break;
+        }
+        // By index: a closure over `&Request` trips a higher-ranked lifetime limit of the
+        // compiler once the future must be `Send` (rust-lang/rust#102211).
+        let verdicts: Vec<Verdicts> = stream::iter(0..requests.len())
+            .map(|i| attempt(pool, clients, jobs, &requests[i], policy, dry_run))
+            .buffer_unordered(CONCURRENT_REQUESTS)
+            .try_collect()
+            .await?;
+        for (job, step) in verdicts.into_iter().flat_map(|v| v.steps) {
+            if let Step::Stop(next, why) = step {
+                stopped[job] = Some((next, why));
+            }
+        }
+        alive.retain(|&j| stopped[j].is_none());
+        round += 1;
+    }
+    Ok(stopped)
+}
+
+/// Renews the lease of `held` every third of it, until dropped.
+async fn keep_leases(
+    pool: &PgPool,
+    owner: &str,
+    held: &[(i64, DateTime<Utc>)],
+    lease: Duration,
+) -> Infallible {
+    let every = (lease / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = store::extend_lease(pool, owner, held, lease).await {
+            // The next renewal may work; if none does, the lease runs out and another
+            // dispatcher resends, which Iterable's ids make harmless for events.
+            tracing::warn!(owner, error = %e, "Could not renew a lease.");
+        }
+    }
 }
 
 /// Sends one request (or, in dry-run mode, does not), reads the answer, records the attempt.

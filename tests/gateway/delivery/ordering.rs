@@ -7,7 +7,9 @@ use gateway::delivery::store::{self, Next, Settle};
 use gateway::delivery::worker;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
@@ -138,4 +140,64 @@ async fn a_users_next_event_waits_while_the_earlier_one_waits_for_a_retry() {
         .await
         .unwrap();
     assert!(claimable.is_empty(), "{claimable:?}");
+}
+
+#[tokio::test]
+async fn a_batch_that_outlasts_its_lease_keeps_it() {
+    // Arrange: a one-second lease and an answer that takes longer.
+    let h = Harness::with(|s| s.delivery.lease_secs = 1).await;
+    h.insert(&[track("m-1", "u-1", "Signed Up")]).await;
+    Mock::given(method("POST"))
+        .and(path("/api/events/trackBulk"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(1600)))
+        .expect(1)
+        .mount(&h.iterable)
+        .await;
+
+    // Act: a second dispatcher looks after the first lease would have run out.
+    let first = worker::drain(&h.pool, &h.settings, &h.clients);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        worker::drain(&h.pool, &h.settings, &h.clients).await
+    };
+    let (first, second) = tokio::join!(first, second);
+
+    // Assert
+    assert_eq!((first.unwrap(), second.unwrap()), (1, 0));
+    let e = h.event("m-1").await;
+    assert_eq!((e.state.as_str(), e.attempts), ("delivered", 1));
+}
+
+#[tokio::test]
+async fn the_worker_loop_delivers_until_cancelled() {
+    // Arrange
+    let h = Harness::with(|s| s.delivery.workers = 2).await;
+    track_bulk_answers(&h, 200).await;
+    let cancel = CancellationToken::new();
+    let workers = tokio::spawn(worker::run(
+        h.pool.clone(),
+        Arc::new(h.settings.clone()),
+        h.clients.clone(),
+        cancel.clone(),
+    ));
+
+    // Act: events arrive while the workers poll.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.insert(&[track("m-1", "u-1", "Signed Up")]).await;
+    let mut state = String::new();
+    for _ in 0..200 {
+        state = h.event("m-1").await.state;
+        if state == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+
+    // Assert
+    assert_eq!(state, "delivered");
+    tokio::time::timeout(Duration::from_secs(5), workers)
+        .await
+        .expect("the workers stop when cancelled")
+        .unwrap();
 }

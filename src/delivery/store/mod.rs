@@ -3,16 +3,18 @@
 //!
 //! A dispatcher claims events with a lease (`FOR UPDATE SKIP LOCKED`, so concurrent
 //! dispatchers never claim the same row), calls the partner outside any transaction, then
-//! settles them in one short statement that only touches rows it still holds.
+//! settles them in one short statement that only touches rows it still holds. While it works
+//! it renews the lease, so a long batch is not claimed a second time.
+
+mod attempts;
+
+pub use attempts::{record_attempt, truncate, Attempt, AttemptOutcome, MAX_RESPONSE_BYTES};
 
 use crate::audit::Direction;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 use std::time::Duration;
-
-/// The largest response body kept in the audit log.
-pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// An event claimed by a dispatcher.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -172,102 +174,24 @@ pub async fn settle(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u6
     Ok(done.rows_affected())
 }
 
-/// What an outbound attempt came to (`delivery_attempt.outcome`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    Delivered,
-    /// 2xx, but the partner refused some items.
-    Partial,
-    Retry,
-    Failed,
-    Dead,
-    DryRun,
-}
-
-impl AttemptOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptOutcome::Delivered => "delivered",
-            AttemptOutcome::Partial => "partial",
-            AttemptOutcome::Retry => "retry",
-            AttemptOutcome::Failed => "failed",
-            AttemptOutcome::Dead => "dead",
-            AttemptOutcome::DryRun => "dry_run",
-        }
-    }
-}
-
-/// One outbound request (or, in dry-run mode, what would have been sent).
-#[derive(Debug, Clone)]
-pub struct Attempt<'a> {
-    pub connection: &'a str,
-    pub direction: Direction,
-    pub endpoint: &'a str,
-    pub method: &'a str,
-    pub url: &'a str,
-    /// Secrets already redacted.
-    pub request_headers: &'a Value,
-    pub request_body: Option<&'a Value>,
-    /// The highest attempt number among its events.
-    pub attempt: i32,
-    pub dry_run: bool,
-    pub status: Option<u16>,
-    pub response_headers: Option<&'a Value>,
-    /// Truncated to [`MAX_RESPONSE_BYTES`] here.
-    pub response_body: Option<&'a str>,
-    pub duration: Option<Duration>,
-    pub outcome: AttemptOutcome,
-    pub error: Option<&'a str>,
-    pub event_ids: &'a [i64],
-}
-
-/// Records one outbound attempt.
-pub async fn record_attempt(pool: &PgPool, a: &Attempt<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO delivery_attempt (connection, direction, endpoint, method, url, request_headers,
-             request_body, attempt, dry_run, status, response_headers, response_body, duration_ms,
-             outcome, error, event_ids)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+/// Renews the lease of the events still held by `owner`; returns how many it renewed.
+pub async fn extend_lease(
+    pool: &PgPool,
+    owner: &str,
+    events: &[(i64, DateTime<Utc>)],
+    lease: Duration,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE event e SET lease_until = now() + make_interval(secs => $4)
+         FROM UNNEST($2::bigint[], $3::timestamptz[]) AS s(id, received_at)
+         WHERE e.id = s.id AND e.received_at = s.received_at
+           AND e.state = 'in_flight' AND e.lease_owner = $1",
     )
-    .bind(a.connection)
-    .bind(a.direction.as_str())
-    .bind(a.endpoint)
-    .bind(a.method)
-    .bind(a.url)
-    .bind(a.request_headers)
-    .bind(a.request_body)
-    .bind(a.attempt)
-    .bind(a.dry_run)
-    .bind(a.status.map(|s| s as i16))
-    .bind(a.response_headers)
-    .bind(a.response_body.map(|b| truncate(b, MAX_RESPONSE_BYTES)))
-    .bind(a.duration.map(|d| d.as_secs_f64() * 1000.0))
-    .bind(a.outcome.as_str())
-    .bind(a.error)
-    .bind(a.event_ids)
+    .bind(owner)
+    .bind(events.iter().map(|e| e.0).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.1).collect::<Vec<_>>())
+    .bind(lease.as_secs_f64())
     .execute(pool)
     .await?;
-    Ok(())
-}
-
-/// At most `max` bytes of `s`, cut at a character boundary.
-pub fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn truncation_keeps_whole_characters() {
-        assert_eq!(super::truncate("héllo", 2), "h");
-        assert_eq!(super::truncate("héllo", 3), "hé");
-        assert_eq!(super::truncate("abc", 10), "abc");
-    }
+    Ok(done.rows_affected())
 }
