@@ -5,6 +5,7 @@
 //! * [`segment`]: the Segment event model.
 //! * [`iterable`]: Iterable's API and the client that calls it.
 //! * [`cli`]: the `gateway` command's subcommands.
+//! * [`delivery`]: the dispatcher: outbox claims, bulk requests, retries, the attempt log.
 //! * [`database`]: PostgreSQL for the audit log, and the local cluster run without `database.url`.
 
 pub mod audit;
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod configuration;
 pub mod connection;
 pub mod database;
+pub mod delivery;
 pub mod error;
 pub mod iterable;
 pub mod mapping;

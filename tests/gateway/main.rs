@@ -3,6 +3,7 @@
 mod app;
 mod cli_map;
 mod database;
+mod delivery;
 mod differential;
 mod helpers;
 mod ingest;

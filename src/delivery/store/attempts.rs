@@ -1,0 +1,112 @@
+//! The `delivery_attempt` log: every outbound request, or what dry-run mode would have sent.
+
+use crate::audit::Direction;
+use serde_json::Value;
+use sqlx::PgPool;
+use std::time::Duration;
+
+/// The largest response body kept in the audit log.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// What an outbound attempt came to (`delivery_attempt.outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Delivered,
+    /// 2xx, but the partner refused some items.
+    Partial,
+    Retry,
+    Failed,
+    Dead,
+    DryRun,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Partial => "partial",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Dead => "dead",
+            AttemptOutcome::DryRun => "dry_run",
+        }
+    }
+}
+
+/// One outbound request (or, in dry-run mode, what would have been sent).
+#[derive(Debug, Clone)]
+pub struct Attempt<'a> {
+    pub connection: &'a str,
+    pub direction: Direction,
+    pub endpoint: &'a str,
+    pub method: &'a str,
+    pub url: &'a str,
+    /// Secrets already redacted.
+    pub request_headers: &'a Value,
+    pub request_body: Option<&'a Value>,
+    /// The highest attempt number among its events.
+    pub attempt: i32,
+    pub dry_run: bool,
+    pub status: Option<u16>,
+    pub response_headers: Option<&'a Value>,
+    /// Truncated to [`MAX_RESPONSE_BYTES`] here.
+    pub response_body: Option<&'a str>,
+    pub duration: Option<Duration>,
+    pub outcome: AttemptOutcome,
+    pub error: Option<&'a str>,
+    pub event_ids: &'a [i64],
+}
+
+/// Records one outbound attempt.
+pub async fn record_attempt(pool: &PgPool, a: &Attempt<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO delivery_attempt (connection, direction, endpoint, method, url, request_headers,
+             request_body, attempt, dry_run, status, response_headers, response_body, duration_ms,
+             outcome, error, event_ids)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(a.connection)
+    .bind(a.direction.as_str())
+    .bind(a.endpoint)
+    .bind(a.method)
+    .bind(a.url)
+    .bind(a.request_headers)
+    .bind(a.request_body)
+    .bind(a.attempt)
+    .bind(a.dry_run)
+    .bind(a.status.map(|s| s as i16))
+    .bind(a.response_headers)
+    .bind(a.response_body.map(|b| {
+        // PostgreSQL text cannot hold NUL, and one stray byte must not stop the audit.
+        truncate(b, MAX_RESPONSE_BYTES).replace('\0', "\u{fffd}")
+    }))
+    .bind(a.duration.map(|d| d.as_secs_f64() * 1000.0))
+    .bind(a.outcome.as_str())
+    .bind(a.error)
+    .bind(a.event_ids)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(super::truncate("héllo", 2), "h");
+        assert_eq!(super::truncate("héllo", 3), "hé");
+        assert_eq!(super::truncate("abc", 10), "abc");
+    }
+}

@@ -1,0 +1,203 @@
+//! Claims: concurrent dispatchers never send an event twice, an expired lease is reclaimed,
+//! and one user's events go out in order.
+
+use super::{track, Harness};
+use gateway::audit::Direction;
+use gateway::delivery::store::{self, Next, Settle};
+use gateway::delivery::worker;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+async fn track_bulk_answers(h: &Harness, status: u16) {
+    Mock::given(method("POST"))
+        .and(path("/api/events/trackBulk"))
+        .respond_with(ResponseTemplate::new(status).set_body_json(json!({"successCount": 1})))
+        .mount(&h.iterable)
+        .await;
+}
+
+#[tokio::test]
+async fn two_dispatchers_on_one_database_never_send_the_same_event_twice() {
+    // Arrange: 200 events of 40 users, five each; small claims so the two interleave.
+    let h = Harness::with(|s| s.delivery.claim_batch = 15).await;
+    let events: Vec<Value> = (0..200)
+        .map(|i| track(&format!("m-{i:03}"), &format!("u-{}", i % 40), "Step"))
+        .collect();
+    h.insert(&events).await;
+    track_bulk_answers(&h, 200).await;
+
+    // Act
+    let (a, b) = tokio::join!(
+        worker::drain(&h.pool, &h.settings, &h.clients),
+        worker::drain(&h.pool, &h.settings, &h.clients),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a > 0 && b > 0, "both dispatchers claimed events ({a}, {b})");
+    h.drain_all().await;
+
+    // Assert: each messageId received exactly once, and each user's in order.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut per_user: HashMap<String, Vec<String>> = HashMap::new();
+    for body in h.received("/api/events/trackBulk").await {
+        for item in body["events"].as_array().unwrap() {
+            let id = item["id"].as_str().unwrap().to_string();
+            *seen.entry(id.clone()).or_default() += 1;
+            per_user
+                .entry(item["userId"].as_str().unwrap().to_string())
+                .or_default()
+                .push(id);
+        }
+    }
+    assert_eq!(seen.len(), 200);
+    assert!(seen.values().all(|&n| n == 1), "some event was sent twice");
+    for (user, ids) in per_user {
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted, "{user}'s events out of order");
+    }
+    let delivered: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event WHERE state = 'delivered' AND attempts = 1")
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(delivered, 200);
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_reclaimed_and_the_old_owner_cannot_settle() {
+    // Arrange: a dispatcher claims the event and dies; its lease runs out.
+    let h = Harness::start().await;
+    h.insert(&[track("m-1", "u-1", "Signed Up")]).await;
+    track_bulk_answers(&h, 200).await;
+    let dir = Direction::SegmentToIterable;
+    let lost = store::claim(&h.pool, dir, "crashed", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(h.drain().await, 0, "a live lease is not claimable");
+    sqlx::query("UPDATE event SET lease_until = now() - interval '1 second'")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+
+    // Act
+    assert_eq!(h.drain().await, 1);
+
+    // Assert
+    let e = h.event("m-1").await;
+    assert_eq!((e.state.as_str(), e.attempts), ("delivered", 2));
+    let late = Settle {
+        id: lost[0].id,
+        received_at: lost[0].received_at,
+        next: Next::Failed,
+        reason: Some("late".into()),
+        action: None,
+    };
+    assert_eq!(store::settle(&h.pool, "crashed", &[late]).await.unwrap(), 0);
+    assert_eq!(h.event("m-1").await.state, "delivered");
+}
+
+#[tokio::test]
+async fn a_users_next_event_waits_while_the_earlier_one_waits_for_a_retry() {
+    // Arrange: retries an hour away.
+    let h = Harness::with(|s| {
+        s.delivery.retry_base_ms = 3_600_000;
+        s.delivery.retry_max_secs = 7200;
+    })
+    .await;
+    h.insert(&[
+        track("m-1", "u-1", "First"),
+        track("m-2", "u-1", "Second"),
+        track("m-3", "u-2", "Other user"),
+    ])
+    .await;
+    track_bulk_answers(&h, 500).await;
+
+    // Act
+    h.drain().await;
+
+    // Assert: u-1's second event was never claimed; u-2 was not held up.
+    let first = h.event("m-1").await;
+    assert_eq!((first.state.as_str(), first.attempts), ("pending", 1));
+    let second = h.event("m-2").await;
+    assert_eq!((second.state.as_str(), second.attempts), ("pending", 0));
+    assert_eq!(h.event("m-3").await.attempts, 1);
+    let sent: Vec<String> = h
+        .received("/api/events/trackBulk")
+        .await
+        .iter()
+        .flat_map(|b| b["events"].as_array().unwrap().clone())
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(sent, ["m-1", "m-3"]);
+    let dir = Direction::SegmentToIterable;
+    let claimable = store::claim(&h.pool, dir, "probe", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(claimable.is_empty(), "{claimable:?}");
+}
+
+#[tokio::test]
+async fn a_batch_that_outlasts_its_lease_keeps_it() {
+    // Arrange: a one-second lease and an answer that takes longer.
+    let h = Harness::with(|s| s.delivery.lease_secs = 1).await;
+    h.insert(&[track("m-1", "u-1", "Signed Up")]).await;
+    Mock::given(method("POST"))
+        .and(path("/api/events/trackBulk"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(1600)))
+        .expect(1)
+        .mount(&h.iterable)
+        .await;
+
+    // Act: a second dispatcher looks after the first lease would have run out.
+    let first = worker::drain(&h.pool, &h.settings, &h.clients);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        worker::drain(&h.pool, &h.settings, &h.clients).await
+    };
+    let (first, second) = tokio::join!(first, second);
+
+    // Assert
+    assert_eq!((first.unwrap(), second.unwrap()), (1, 0));
+    let e = h.event("m-1").await;
+    assert_eq!((e.state.as_str(), e.attempts), ("delivered", 1));
+}
+
+#[tokio::test]
+async fn the_worker_loop_delivers_until_cancelled() {
+    // Arrange
+    let h = Harness::with(|s| s.delivery.workers = 2).await;
+    track_bulk_answers(&h, 200).await;
+    let cancel = CancellationToken::new();
+    let workers = tokio::spawn(worker::run(
+        h.pool.clone(),
+        Arc::new(h.settings.clone()),
+        h.clients.clone(),
+        cancel.clone(),
+    ));
+
+    // Act: events arrive while the workers poll.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.insert(&[track("m-1", "u-1", "Signed Up")]).await;
+    let mut state = String::new();
+    for _ in 0..200 {
+        state = h.event("m-1").await.state;
+        if state == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+
+    // Assert
+    assert_eq!(state, "delivered");
+    tokio::time::timeout(Duration::from_secs(5), workers)
+        .await
+        .expect("the workers stop when cancelled")
+        .unwrap();
+}
