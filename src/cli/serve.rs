@@ -94,6 +94,12 @@ pub fn run_serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
             cancel.clone(),
         ));
         let app = Application::build(settings.clone(), pool.clone())?;
+        let dispatch = tokio::spawn(crate::delivery::worker::run(
+            pool.clone(),
+            std::sync::Arc::new(settings.clone()),
+            crate::delivery::Clients::new(&settings.delivery)?,
+            cancel.clone(),
+        ));
         tracing::info!(
             address = %format!("http://{}:{}", settings.application.host, app.port()),
             mode = ?settings.delivery.mode,
@@ -107,6 +113,7 @@ pub fn run_serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         cancel.cancel();
         handle.stop(true).await;
         let _ = server.await;
+        let _ = dispatch.await;
         let _ = maintenance.await;
         pool.close().await;
         if let Some(cluster) = own {

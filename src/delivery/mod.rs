@@ -7,15 +7,18 @@
 //! * [`iterable`]: Segment → Iterable: plan, group into bulk requests, send, read the answers.
 //! * [`worker`]: the loop that runs it all, and `drain` for tests.
 
+pub mod http;
 pub mod iterable;
 pub mod limiter;
 pub mod retry;
+pub mod segment;
 pub mod store;
 pub mod worker;
 
 use crate::configuration::{DeliverySettings, Settings};
 use crate::mapping::Destination;
 use limiter::Limiters;
+use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -94,5 +97,23 @@ impl Clients {
                 })
             })
             .clone()
+    }
+}
+
+/// Renews the lease of `held` every third of it, until dropped.
+pub(crate) async fn keep_leases(
+    pool: &PgPool,
+    owner: &str,
+    held: &[(i64, chrono::DateTime<chrono::Utc>)],
+    lease: Duration,
+) -> std::convert::Infallible {
+    let every = (lease / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = store::extend_lease(pool, owner, held, lease).await {
+            // The next renewal may work; if none does, the lease runs out and another
+            // dispatcher resends, which Iterable's ids make harmless for events.
+            tracing::warn!(owner, error = %e, "Could not renew a lease.");
+        }
     }
 }

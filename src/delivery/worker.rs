@@ -4,7 +4,7 @@
 //! keep them from sending the same event twice.
 
 use super::store::{self, Claimed};
-use super::{iterable, Clients, DeliveryError};
+use super::{iterable, segment, Clients, DeliveryError};
 use crate::audit::Direction;
 use crate::configuration::Settings;
 use sqlx::PgPool;
@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Runs `settings.delivery.workers` Segment → Iterable dispatchers until `cancel` is
-/// cancelled; returns once each has finished the batch it was working on.
+/// Runs `settings.delivery.workers` dispatchers per direction (Segment → Iterable and
+/// Iterable → Segment) until `cancel` is cancelled; returns once each has finished the batch
+/// it was working on.
 pub async fn run(
     pool: PgPool,
     settings: Arc<Settings>,
@@ -21,14 +22,17 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..settings.delivery.workers.max(1) {
-        let (pool, settings, clients, cancel) = (
-            pool.clone(),
-            settings.clone(),
-            clients.clone(),
-            cancel.clone(),
-        );
-        workers.spawn(async move { work(&pool, &settings, &clients, &cancel).await });
+    for direction in [Direction::SegmentToIterable, Direction::IterableToSegment] {
+        for _ in 0..settings.delivery.workers.max(1) {
+            let (pool, settings, clients, cancel) = (
+                pool.clone(),
+                settings.clone(),
+                clients.clone(),
+                cancel.clone(),
+            );
+            workers
+                .spawn(async move { work(&pool, &settings, &clients, &cancel, direction).await });
+        }
     }
     while let Some(ended) = workers.join_next().await {
         if let Err(e) = ended {
@@ -38,12 +42,18 @@ pub async fn run(
 }
 
 /// One dispatcher.
-async fn work(pool: &PgPool, settings: &Settings, clients: &Clients, cancel: &CancellationToken) {
+async fn work(
+    pool: &PgPool,
+    settings: &Settings,
+    clients: &Clients,
+    cancel: &CancellationToken,
+    direction: Direction,
+) {
     let owner = new_owner();
-    tracing::info!(%owner, "Dispatcher started.");
+    tracing::info!(%owner, direction = direction.as_str(), "Dispatcher started.");
     let poll = Duration::from_millis(settings.delivery.poll_interval_ms);
     while !cancel.is_cancelled() {
-        let idle = match step(pool, settings, clients, &owner).await {
+        let idle = match step(pool, settings, clients, &owner, direction).await {
             Ok(claimed) => claimed == 0,
             Err(e) => {
                 // The database may be restarting: wait, and try again.
@@ -61,8 +71,8 @@ async fn work(pool: &PgPool, settings: &Settings, clients: &Clients, cancel: &Ca
     tracing::info!(%owner, "Dispatcher stopped.");
 }
 
-/// Processes due events until none is due right now (events rescheduled into the future
-/// stay); returns how many claims it made. For tests and `gateway` subcommands.
+/// Processes due events of both directions until none is due right now (events rescheduled
+/// into the future stay); returns how many events it claimed. For tests and subcommands.
 pub async fn drain(
     pool: &PgPool,
     settings: &Settings,
@@ -71,10 +81,14 @@ pub async fn drain(
     let owner = new_owner();
     let mut total = 0;
     loop {
-        match step(pool, settings, clients, &owner).await? {
-            0 => return Ok(total),
-            n => total += n,
+        let mut round = 0;
+        for direction in [Direction::SegmentToIterable, Direction::IterableToSegment] {
+            round += step(pool, settings, clients, &owner, direction).await?;
         }
+        if round == 0 {
+            return Ok(total);
+        }
+        total += round;
     }
 }
 
@@ -84,11 +98,12 @@ async fn step(
     settings: &Settings,
     clients: &Clients,
     owner: &str,
+    direction: Direction,
 ) -> Result<usize, DeliveryError> {
     let d = &settings.delivery;
     let claimed: Vec<Claimed> = store::claim(
         pool,
-        Direction::SegmentToIterable,
+        direction,
         owner,
         d.claim_batch,
         Duration::from_secs(d.lease_secs),
@@ -96,7 +111,14 @@ async fn step(
     .await?;
     let n = claimed.len();
     if n > 0 {
-        iterable::process(pool, settings, clients, owner, claimed).await?;
+        match direction {
+            Direction::SegmentToIterable => {
+                iterable::process(pool, settings, clients, owner, claimed).await?
+            }
+            Direction::IterableToSegment => {
+                segment::process(pool, settings, clients, owner, claimed).await?
+            }
+        }
     }
     Ok(n)
 }

@@ -12,3 +12,4 @@ mod iterable_webhook;
 mod mapping_vectors;
 mod oracle_probes;
 mod properties;
+mod segment_delivery;

@@ -3,7 +3,7 @@
 
 use super::plan::Job;
 use super::requests::{Member, Request};
-use super::send::Reply;
+use crate::delivery::http::Reply;
 use crate::delivery::retry::{classify, CallOutcome, Class, RetryPolicy, Verdict};
 use crate::delivery::store::{truncate, AttemptOutcome, Next};
 use crate::delivery::Jitter;

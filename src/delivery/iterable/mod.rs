@@ -21,13 +21,11 @@ use super::{Clients, DeliveryError};
 use crate::audit::Direction;
 use crate::configuration::{DeliveryMode, Settings};
 use answer::{Step, Verdicts};
-use chrono::{DateTime, Utc};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use plan::{Job, Planned};
 use requests::Request;
 use sqlx::PgPool;
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::time::Duration;
 
 /// Requests of one round in flight at once (the limiters still apply).
@@ -61,7 +59,7 @@ pub async fn process(
     // Rate limits and slow answers can make a batch outlast its lease: renew it meanwhile.
     let stopped = tokio::select! {
         stopped = rounds(pool, clients, &jobs, &policy, dry_run) => stopped?,
-        never = keep_leases(pool, owner, &held, lease) => match never {},
+        never = super::keep_leases(pool, owner, &held, lease) => match never {},
     };
 
     for (job, stop) in jobs.into_iter().zip(stopped) {
@@ -132,24 +130,6 @@ async fn rounds(
         round += 1;
     }
     Ok(stopped)
-}
-
-/// Renews the lease of `held` every third of it, until dropped.
-async fn keep_leases(
-    pool: &PgPool,
-    owner: &str,
-    held: &[(i64, DateTime<Utc>)],
-    lease: Duration,
-) -> Infallible {
-    let every = (lease / 3).max(Duration::from_millis(100));
-    loop {
-        tokio::time::sleep(every).await;
-        if let Err(e) = store::extend_lease(pool, owner, held, lease).await {
-            // The next renewal may work; if none does, the lease runs out and another
-            // dispatcher resends, which Iterable's ids make harmless for events.
-            tracing::warn!(owner, error = %e, "Could not renew a lease.");
-        }
-    }
 }
 
 /// Sends one request (or, in dry-run mode, does not), reads the answer, records the attempt.
