@@ -350,3 +350,15 @@ async fn health_readiness_and_metrics_answer() {
     assert!(text.contains("gateway_inbound_requests_total"), "{text}");
     assert_eq!(get("/nope").await.unwrap().status(), 404);
 }
+
+#[tokio::test]
+async fn an_event_this_gateway_made_from_iterable_is_skipped_when_it_comes_back() {
+    let app = spawn_app().await;
+    // What the Iterable webhook route produces, as Segment would forward it to the gateway.
+    let back = json!({"type": "track", "event": "Email Opened", "anonymousId": "a@b.co", "messageId": "iterable-x",
+        "context": {"integration": {"name": "Iterable", "version": "1.0.0"}}, "properties": {}});
+    assert_eq!(app.post_v1("track", &back).await.status(), 200);
+    let states = app.event_states("iterable-x").await;
+    assert_eq!(states[0].0, "skipped");
+    assert!(states[0].1.as_deref().unwrap().contains("came from Iterable"));
+}
