@@ -81,9 +81,15 @@ if ! "$venv/bin/python" -c 'import sys' 2>/dev/null; then
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/python/requirements.txt"
 
-echo "== building the gateway (release)"
-cargo build --release --locked --quiet --bin gateway
-gateway=$target/release/gateway
+# CI has just built the test profile: GATEWAY_PROFILE=debug reuses it instead of a release build.
+profile="${GATEWAY_PROFILE:-release}"
+echo "== building the gateway ($profile)"
+if [ "$profile" = release ]; then
+  cargo build --release --locked --quiet --bin gateway
+else
+  cargo build --locked --quiet --bin gateway
+fi
+gateway=$target/$profile/gateway
 
 tmp=$(mktemp -d /tmp/gateway-clients.XXXXXX)
 chmod 755 "$tmp" # the postgres system user must reach $tmp/pg when this runs as root
