@@ -360,5 +360,9 @@ async fn an_event_this_gateway_made_from_iterable_is_skipped_when_it_comes_back(
     assert_eq!(app.post_v1("track", &back).await.status(), 200);
     let states = app.event_states("iterable-x").await;
     assert_eq!(states[0].0, "skipped");
-    assert!(states[0].1.as_deref().unwrap().contains("came from Iterable"));
+    assert!(states[0]
+        .1
+        .as_deref()
+        .unwrap()
+        .contains("came from Iterable"));
 }
