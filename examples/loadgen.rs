@@ -107,6 +107,12 @@ struct DriveArgs {
     /// Also append one JSON object per mode to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// `webhook` mode: the connection whose Iterable webhook route is driven.
+    #[arg(long, default_value = "bench")]
+    webhook_connection: String,
+    /// `webhook` mode: the connection's webhook token (sent as `Authorization: Bearer ...`).
+    #[arg(long, default_value = "")]
+    webhook_token: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -153,6 +159,25 @@ async fn mock_api(req: HttpRequest, body: web::Bytes, state: web::Data<MockState
     let path = req.path().to_string();
     let stats = &state.stats;
     stats.requests.fetch_add(1, Ordering::Relaxed);
+    if path == "/v1/batch" {
+        // Segment's tracking API: count the events of the batch.
+        let items = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v.get("batch")
+                    .and_then(|b| b.as_array())
+                    .map(|b| b.len() as u64)
+            })
+            .unwrap_or(0);
+        stats.items.fetch_add(items, Ordering::Relaxed);
+        let mut by_path = stats.by_path.lock().expect("mock stats lock");
+        let entry = by_path.entry(path.clone()).or_default();
+        entry.0 += 1;
+        entry.1 += items;
+        return HttpResponse::Ok()
+            .content_type("application/json")
+            .body(r#"{"success":true}"#);
+    }
     if let Some(key) = &state.api_key {
         let given = req.headers().get("api-key").and_then(|v| v.to_str().ok());
         if given != Some(key.as_str()) {
@@ -442,6 +467,78 @@ async fn run_max(args: &DriveArgs, run: &str, start: Instant, end: Instant) -> S
     total
 }
 
+/// Closed loop of Iterable system webhooks, one event per POST (DESIGN §6: ≥ 5,000/s).
+async fn run_webhook(args: &DriveArgs, run: &str, start: Instant, end: Instant) -> Stats {
+    const NAMES: [&str; 6] = [
+        "emailSend",
+        "emailOpen",
+        "emailClick",
+        "pushSend",
+        "pushOpen",
+        "smsSend",
+    ];
+    let url = format!(
+        "{}/webhooks/iterable/{}",
+        args.url.trim_end_matches('/'),
+        args.webhook_connection
+    );
+    let auth = format!("Bearer {}", args.webhook_token);
+    let mut tasks = Vec::new();
+    for worker in 0..args.connections {
+        let (url, auth, run, users) = (
+            url.clone(),
+            auth.clone(),
+            run.to_string(),
+            args.users.max(1),
+        );
+        tasks.push(tokio::spawn(async move {
+            let client = client();
+            let mut stats = Stats::new();
+            let mut rng = StdRng::seed_from_u64(worker as u64 + 17);
+            for seq in 0u64.. {
+                let user = rng.gen_range(0..users);
+                let name = NAMES[(seq % NAMES.len() as u64) as usize];
+                let body = format!(
+                    r#"{{"email":"user-{user}@example.com","eventName":"{name}","dataFields":{{"createdAt":"2026-11-25 10:00:00 +00:00","campaignId":{c},"templateId":93849,"messageId":"{run}-{worker}-{seq}","emailSubject":"Hello","ip":"162.245.22.184","userAgent":"Mozilla/5.0"}}}}"#,
+                    c = seq % 1000
+                );
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                let outcome = client
+                    .post(&url)
+                    .header("authorization", &auth)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|_| "network error".to_string());
+                let outcome = match outcome {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let _ = r.bytes().await;
+                        Ok(status)
+                    }
+                    Err(e) => Err(e),
+                };
+                let done = Instant::now();
+                if sent >= start && done <= end {
+                    stats.record(&outcome, done - sent);
+                }
+            }
+            stats
+        }));
+    }
+    let mut total = Stats::new();
+    for t in tasks {
+        if let Ok(s) = t.await {
+            total.merge(&s);
+        }
+    }
+    total
+}
+
 /// Open loop: one batch every 1/rate seconds at its scheduled time, however slow the answers.
 async fn run_rate(args: &DriveArgs, run: &str, start: Instant, end: Instant) -> Stats {
     let url = format!("{}/v1/batch", args.url.trim_end_matches('/'));
@@ -688,7 +785,12 @@ async fn drive(args: DriveArgs) -> anyhow::Result<()> {
                 format!("{} ev/s", args.rate),
                 "open loop".to_string(),
             ),
-            other => anyhow::bail!("unknown mode {other:?}: use rate or max"),
+            "webhook" => (
+                run_webhook(&args, &run, start, end).await,
+                "max (webhooks)".to_string(),
+                args.connections.to_string(),
+            ),
+            other => anyhow::bail!("unknown mode {other:?}: use rate, max or webhook"),
         };
         let wall = t0.elapsed().as_secs_f64();
         let cores = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / wall);
@@ -714,7 +816,7 @@ async fn drive(args: DriveArgs) -> anyhow::Result<()> {
             loadgen_cores,
             load_before,
             load_after: loadavg(),
-            batch: args.batch,
+            batch: if mode == "webhook" { 1 } else { args.batch },
         };
         eprintln!(
             "loadgen: {mode}: {:.0} events/s committed, p99 {:.1} ms",
