@@ -41,7 +41,7 @@ enum Command {
     /// A mock Iterable API that keeps up with thousands of requests per second.
     Mock(MockArgs),
     /// Drive POST /v1/batch and print a Markdown table of the results.
-    Drive(DriveArgs),
+    Drive(Box<DriveArgs>),
 }
 
 #[derive(Parser)]
@@ -122,7 +122,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Mock(args) => runtime.block_on(mock(args)),
-        Command::Drive(args) => runtime.block_on(drive(args)),
+        Command::Drive(args) => runtime.block_on(drive(*args)),
     }
 }
 
