@@ -35,7 +35,10 @@ CREATE TABLE event (
     call_type        text,                        -- identify, track, ... (Segment) or Iterable's eventName
     user_key         text        NOT NULL,        -- events with the same key are delivered in order
     payload          jsonb       NOT NULL,        -- the event as normalised at ingest
-    state            text        NOT NULL CHECK (state IN ('pending', 'in_flight', 'delivered', 'failed', 'skipped', 'dead')),
+    -- A claimed event stays 'pending' with a live lease (lease_until > now()): the views call it
+    -- 'in_flight'. A claim then changes no indexed column, so PostgreSQL updates it in place
+    -- (HOT) instead of adding an entry to every index of the outbox.
+    state            text        NOT NULL CHECK (state IN ('pending', 'delivered', 'failed', 'skipped', 'dead')),
     state_reason     text,
     action           text,                        -- the action(s) the dispatcher mapped it to
     attempts         integer     NOT NULL DEFAULT 0,
@@ -49,8 +52,8 @@ CREATE TABLE event (
 
 -- Work to claim, oldest first, and the per-user ordering check.
 -- In id order, so a claim reads only open events however many delivered ones precede them.
-CREATE INDEX event_due ON event (direction, id) WHERE state IN ('pending', 'in_flight');
-CREATE INDEX event_user_open ON event (connection, user_key, id) WHERE state IN ('pending', 'in_flight');
+CREATE INDEX event_due ON event (direction, id) WHERE state = 'pending';
+CREATE INDEX event_user_open ON event (connection, user_key, id) WHERE state = 'pending';
 CREATE INDEX event_message ON event (message_id);
 CREATE INDEX event_user ON event (user_key, received_at);
 
@@ -88,7 +91,8 @@ CREATE INDEX delivery_attempt_events ON delivery_attempt USING gin (event_ids);
 CREATE INDEX delivery_attempt_endpoint ON delivery_attempt (endpoint, attempted_at);
 
 CREATE TABLE inbound_request_default PARTITION OF inbound_request DEFAULT;
-CREATE TABLE event_default PARTITION OF event DEFAULT;
+-- Room on each page for the in-place (HOT) updates of claims.
+CREATE TABLE event_default PARTITION OF event DEFAULT WITH (fillfactor = 70);
 CREATE TABLE delivery_attempt_default PARTITION OF delivery_attempt DEFAULT;
 
 -- Creates the daily partitions from `from_day` for `days` days (idempotent).
@@ -103,8 +107,9 @@ BEGIN
             d := from_day + i;
             IF to_regclass(format('%I', t || '_' || to_char(d, 'YYYYMMDD'))) IS NULL THEN
                 BEGIN
-                    EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
-                                   t || '_' || to_char(d, 'YYYYMMDD'), t, d::timestamptz, (d + 1)::timestamptz);
+                    EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L) WITH (fillfactor = %s)',
+                                   t || '_' || to_char(d, 'YYYYMMDD'), t, d::timestamptz, (d + 1)::timestamptz,
+                                   CASE WHEN t = 'event' THEN 70 ELSE 100 END);
                 EXCEPTION WHEN duplicate_table OR invalid_object_definition THEN
                     -- Another gateway created it first, or rows for that day already sit in the
                     -- DEFAULT partition (they stay there; retention still reaches them by age).
@@ -139,13 +144,19 @@ END $$;
 
 SELECT gateway_ensure_partitions(current_date - 1, 9);
 
+-- The state as operators read it: a pending event under a live lease is being delivered.
+CREATE FUNCTION gateway_event_state(state text, lease_until timestamptz) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN state = 'pending' AND lease_until > now() THEN 'in_flight' ELSE state END
+$$;
+
 -- ---------------------------------------------------------------------------------------------
 -- Views for the questions an operator asks (README "The audit log").
 
 -- What happened to each event: its state, why, and its last delivery attempt.
 CREATE VIEW audit_event AS
 SELECT e.id AS event_id, e.received_at, e.connection, e.direction, e.message_id, e.call_type,
-       e.user_key, e.state, e.state_reason, e.action, e.attempts, e.next_attempt_at,
+       e.user_key, gateway_event_state(e.state, e.lease_until) AS state, e.state_reason, e.action, e.attempts, e.next_attempt_at,
        a.endpoint AS last_endpoint, a.status AS last_status, a.outcome AS last_outcome,
        a.error AS last_error, a.attempted_at AS last_attempt_at, e.payload
 FROM event e
@@ -186,7 +197,8 @@ GROUP BY endpoint;
 
 -- Event counts by state, per connection and direction.
 CREATE VIEW audit_states AS
-SELECT connection, direction, state, count(*) AS events, max(updated_at) AS last_change
+SELECT connection, direction, gateway_event_state(state, lease_until) AS state, count(*) AS events,
+       max(updated_at) AS last_change
 FROM event GROUP BY 1, 2, 3;
 
 -- A body as text for reading in psql, whatever its bytes.

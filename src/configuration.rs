@@ -72,7 +72,8 @@ pub struct IngestSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct DeliverySettings {
     pub mode: DeliveryMode,
-    /// Dispatcher tasks per direction.
+    /// Dispatcher tasks per direction; 0: this process only ingests (other gateway processes
+    /// on the same database deliver).
     pub workers: usize,
     /// Most events one dispatcher claims at a time.
     pub claim_batch: i64,
@@ -277,8 +278,8 @@ impl Settings {
                 }
             }
         }
-        if self.delivery.workers == 0 || self.ingest.writers == 0 {
-            return bad("delivery.workers and ingest.writers must be at least 1".into());
+        if self.ingest.writers == 0 {
+            return bad("ingest.writers must be at least 1".into());
         }
         if !self.delivery.rate_limits.contains_key("default") {
             return bad("delivery.rate_limits needs a \"default\" entry".into());

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    return_memory_promptly();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => gateway::cli::serve::run_serve(args),
@@ -22,4 +23,16 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// mimalloc keeps freed pages for 10 ms before returning them to the OS; under the service's
+/// load that kept ~50 MB more resident (measured: 155 MB peak against 105 MB). Purging at once
+/// costs nothing measurable in throughput. The option is `mi_option_purge_delay`, number 15
+/// in mimalloc 2.1 and 3 (the sys crate names its neighbours, 14 and 16, but not it).
+#[allow(unsafe_code)]
+fn return_memory_promptly() {
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: `mi_option_set` only stores an integer option; it is called before any thread
+    // other than the main one exists.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
 }

@@ -27,7 +27,8 @@ impl Direction {
 pub enum EventState {
     /// Waiting for a dispatcher (now or at `next_attempt_at`).
     Pending,
-    /// Claimed by a dispatcher whose lease has not run out.
+    /// Claimed by a dispatcher whose lease has not run out. Stored as `pending` with a live
+    /// lease (so a claim is an in-place update); the audit views show it as `in_flight`.
     InFlight,
     Delivered,
     /// Refused for good: mapping error, or a permanent answer (4xx) from the partner.

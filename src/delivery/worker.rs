@@ -23,7 +23,7 @@ pub async fn run(
 ) {
     let mut workers = tokio::task::JoinSet::new();
     for direction in [Direction::SegmentToIterable, Direction::IterableToSegment] {
-        for _ in 0..settings.delivery.workers.max(1) {
+        for _ in 0..settings.delivery.workers {
             let (pool, settings, clients, cancel) = (
                 pool.clone(),
                 settings.clone(),

@@ -46,18 +46,18 @@ pub async fn claim(
         "WITH due AS (
              SELECT e.id, e.received_at FROM event e
              WHERE e.direction = $1
-               AND e.state IN ('pending', 'in_flight')
-               AND ((e.state = 'pending' AND e.next_attempt_at <= now())
-                    OR (e.state = 'in_flight' AND e.lease_until < now()))
+               AND e.state = 'pending'
+               AND e.next_attempt_at <= now()
+               AND (e.lease_until IS NULL OR e.lease_until < now())
                AND NOT EXISTS (
                    SELECT 1 FROM event older
                    WHERE older.connection = e.connection AND older.user_key = e.user_key
-                     AND older.state IN ('pending', 'in_flight') AND older.id < e.id)
+                     AND older.state = 'pending' AND older.id < e.id)
              ORDER BY e.id
              LIMIT $3
              FOR UPDATE OF e SKIP LOCKED)
          UPDATE event e
-         SET state = 'in_flight', lease_until = now() + make_interval(secs => $4),
+         SET lease_until = now() + make_interval(secs => $4),
              lease_owner = $2, attempts = e.attempts + 1, updated_at = now()
          FROM due
          WHERE e.id = due.id AND e.received_at = due.received_at
@@ -150,7 +150,7 @@ pub async fn settle(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u6
          FROM UNNEST($2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
                      $7::float8[]) AS s(id, received_at, kind, reason, action, delay_ms)
          WHERE e.id = s.id AND e.received_at = s.received_at
-           AND e.state = 'in_flight' AND e.lease_owner = $1",
+           AND e.state = 'pending' AND e.lease_owner = $1",
     )
     .bind(owner)
     .bind(settles.iter().map(|s| s.id).collect::<Vec<_>>())
@@ -185,7 +185,7 @@ pub async fn extend_lease(
         "UPDATE event e SET lease_until = now() + make_interval(secs => $4)
          FROM UNNEST($2::bigint[], $3::timestamptz[]) AS s(id, received_at)
          WHERE e.id = s.id AND e.received_at = s.received_at
-           AND e.state = 'in_flight' AND e.lease_owner = $1",
+           AND e.state = 'pending' AND e.lease_owner = $1",
     )
     .bind(owner)
     .bind(events.iter().map(|e| e.0).collect::<Vec<_>>())
