@@ -16,6 +16,7 @@ pub mod connection;
 pub mod database;
 pub mod delivery;
 pub mod error;
+pub mod inbound;
 pub mod iterable;
 pub mod mapping;
 pub mod ops;

@@ -5,12 +5,11 @@
 //! `Authorization`, sent raw or after `Basic`, `OAuth2` or `Bearer` (Iterable sends
 //! `Authorization: <type> <token>`, sometimes without the type). Compared in constant time.
 
-use crate::audit::{redact, Direction, EventState, InboundRecord, NewEvent};
-use crate::body;
+use crate::audit::{Direction, EventState, NewEvent};
 use crate::error::IngestError;
+use crate::inbound::{accept, open_webhook, refuse};
 use crate::mapping::reverse::{split_body, to_segment_track, Context, EventNames};
 use crate::segment::auth::secrets_equal;
-use crate::segment::ingest::{accept, refuse};
 use crate::startup::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
@@ -35,46 +34,13 @@ pub async fn iterable_webhook(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, IngestError> {
-    let encoding = req
-        .headers()
-        .get("content-encoding")
-        .and_then(|v| v.to_str().ok());
-    let body = body::read(
-        payload,
-        encoding,
-        state.settings.application.max_batch_bytes,
-    )
-    .await;
-    let mut record = InboundRecord {
-        route: req.path().to_string(),
-        connection: None,
-        direction: Direction::IterableToSegment,
-        status: 200,
-        error_code: None,
-        error_message: None,
-        headers: redact::headers(
-            req.headers()
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_bytes())),
-        ),
-        content_encoding: body.content_encoding.clone(),
-        body: body.bytes.clone(),
-        events: Vec::new(),
-    };
-    let Some(connection) = state.connections.by_name(&name) else {
-        return refuse(
-            &state,
-            record,
-            IngestError::UnknownConnection(name.into_inner()),
-        )
-        .await;
-    };
-    record.connection = Some(connection.settings.name.clone());
+    let (body, mut record, connection) =
+        open_webhook(&req, payload, &state, &name, Direction::IterableToSegment).await?;
     let Some(expected) = crate::configuration::secret(&connection.settings.webhook_token) else {
         let e = IngestError::Unauthorized(
             "this connection has no webhook_token, so it accepts no Iterable webhooks".into(),
         );
-        return refuse(&state, record, e).await;
+        return Err(refuse(&state, record, e).await);
     };
     let presented = req
         .headers()
@@ -84,22 +50,18 @@ pub async fn iterable_webhook(
     match presented {
         Some(token) if secrets_equal(token, expected) => {}
         Some(_) => {
-            return refuse(
-                &state,
-                record,
-                IngestError::Unauthorized("invalid webhook token".into()),
-            )
-            .await
+            let e = IngestError::Unauthorized("invalid webhook token".into());
+            return Err(refuse(&state, record, e).await);
         }
         None => {
             let e = IngestError::Unauthorized(
                 "no Authorization header: send the connection's webhook token".into(),
             );
-            return refuse(&state, record, e).await;
+            return Err(refuse(&state, record, e).await);
         }
     }
     if let Some(problem) = body.problem {
-        return refuse(&state, record, problem).await;
+        return Err(refuse(&state, record, problem).await);
     }
     let events = events_of(&body.bytes, &connection.event_names);
     match events {
@@ -107,7 +69,7 @@ pub async fn iterable_webhook(
             record.events = events;
             accept(&state, record).await
         }
-        Err(e) => refuse(&state, record, e).await,
+        Err(e) => Err(refuse(&state, record, e).await),
     }
 }
 

@@ -11,6 +11,7 @@ use crate::audit::{redact, Direction, InboundRecord, NewEvent};
 use crate::body;
 use crate::connection::Connection;
 use crate::error::IngestError;
+use crate::inbound::{accept, new_record, open_webhook, refuse};
 use crate::startup::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
@@ -54,7 +55,7 @@ pub async fn tracking_api(
         Route::Batch => state.settings.application.max_batch_bytes,
     };
     let body = body::read(payload, header(&req, "content-encoding"), limit).await;
-    let mut record = new_record(&req, &body);
+    let mut record = new_record(&req, &body, Direction::SegmentToIterable);
     let mut bytes_json: Option<Result<Value, String>> = None;
     let presented = auth::write_key_from_headers(req.headers()).or_else(|| {
         let parsed = serde_json::from_slice::<Value>(&body.bytes).map_err(|e| e.to_string());
@@ -74,11 +75,11 @@ pub async fn tracking_api(
         } else {
             "no write key: send it as the HTTP Basic user, in X-Write-Key, or as writeKey in the body"
         };
-        return refuse(&state, record, IngestError::Unauthorized(why.into())).await;
+        return Err(refuse(&state, record, IngestError::Unauthorized(why.into())).await);
     };
     record.connection = Some(connection.settings.name.clone());
     if let Some(problem) = body.problem {
-        return refuse(&state, record, problem).await;
+        return Err(refuse(&state, record, problem).await);
     }
     let parsed = bytes_json
         .unwrap_or_else(|| serde_json::from_slice(&body.bytes).map_err(|e| e.to_string()));
@@ -97,33 +98,19 @@ pub async fn segment_webhook(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, IngestError> {
     let app = &state.settings.application;
-    let body = body::read(
-        payload,
-        header(&req, "content-encoding"),
-        app.max_batch_bytes,
-    )
-    .await;
-    let mut record = new_record(&req, &body);
-    let Some(connection) = state.connections.by_name(&name) else {
-        return refuse(
-            &state,
-            record,
-            IngestError::UnknownConnection(name.into_inner()),
-        )
-        .await;
-    };
-    record.connection = Some(connection.settings.name.clone());
+    let (body, record, connection) =
+        open_webhook(&req, payload, &state, &name, Direction::SegmentToIterable).await?;
     let Some(secret) = crate::configuration::secret(&connection.settings.shared_secret) else {
         let e = IngestError::Unauthorized(
             "this connection has no shared_secret, so it accepts no Segment webhooks".into(),
         );
-        return refuse(&state, record, e).await;
+        return Err(refuse(&state, record, e).await);
     };
     if let Err(e) = auth::verify_signature(secret, &body.bytes, header(&req, "x-signature")) {
-        return refuse(&state, record, IngestError::Unauthorized(e.to_string())).await;
+        return Err(refuse(&state, record, IngestError::Unauthorized(e.to_string())).await);
     }
     if let Some(problem) = body.problem {
-        return refuse(&state, record, problem).await;
+        return Err(refuse(&state, record, problem).await);
     }
     let events = serde_json::from_slice::<Value>(&body.bytes)
         .map_err(|e| IngestError::InvalidJson(e.to_string()))
@@ -142,25 +129,6 @@ pub async fn segment_webhook(
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
-fn new_record(req: &HttpRequest, body: &body::Body) -> InboundRecord {
-    InboundRecord {
-        route: req.path().to_string(),
-        connection: None,
-        direction: Direction::SegmentToIterable,
-        status: 200,
-        error_code: None,
-        error_message: None,
-        headers: redact::headers(
-            req.headers()
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_bytes())),
-        ),
-        content_encoding: body.content_encoding.clone(),
-        body: body.bytes.clone(),
-        events: Vec::new(),
-    }
 }
 
 fn events_of(
@@ -208,54 +176,11 @@ async fn accept_or_refuse(
     events: Result<Vec<NewEvent>, IngestError>,
 ) -> Result<HttpResponse, IngestError> {
     match events {
-        Err(e) => refuse(state, record, e).await,
+        Err(e) => Err(refuse(state, record, e).await),
         Ok(events) => {
             let mut record = record;
             record.events = events;
             accept(state, record).await
-        }
-    }
-}
-
-/// Commits an accepted request with its events, then acknowledges it.
-pub async fn accept(state: &AppState, record: InboundRecord) -> Result<HttpResponse, IngestError> {
-    let n = record.events.len() as u64;
-    let direction = record.direction.as_str();
-    commit(state, record).await?;
-    metrics::counter!("gateway_inbound_events_total", "direction" => direction).increment(n);
-    Ok(HttpResponse::Ok().json(serde_json::json!({"success": true})))
-}
-
-/// Audits a refused request, then refuses it (or answers 503 if even the audit fails).
-pub async fn refuse(
-    state: &AppState,
-    mut record: InboundRecord,
-    error: IngestError,
-) -> Result<HttpResponse, IngestError> {
-    use actix_web::ResponseError;
-    record.status = error.status_code().as_u16();
-    record.error_code = Some(error.code().into());
-    record.error_message = Some(error.to_string());
-    record.events.clear();
-    commit(state, record).await?;
-    Err(error)
-}
-
-async fn commit(state: &AppState, record: InboundRecord) -> Result<(), IngestError> {
-    let status = record.status;
-    let timeout = std::time::Duration::from_millis(state.settings.database.commit_timeout_ms);
-    match state.committer.commit(record, timeout).await {
-        Ok(_) => {
-            metrics::counter!("gateway_inbound_requests_total", "status" => status.to_string())
-                .increment(1);
-            Ok(())
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "The audit log could not commit a request; answering 503.");
-            metrics::counter!("gateway_inbound_requests_total", "status" => "503").increment(1);
-            Err(IngestError::Unavailable {
-                retry_after_secs: state.settings.application.retry_after_secs,
-            })
         }
     }
 }

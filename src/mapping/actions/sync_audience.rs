@@ -164,33 +164,10 @@ fn plan_audiences(
     let list_id = js::number_value(list_id);
     let mut requests = Vec::new();
     if !subs.is_empty() {
-        let mut body = Map::new();
-        body.insert("listId".into(), list_id.clone());
-        body.insert("subscribers".into(), Value::Array(subs));
-        if let Some(b @ Value::Bool(_)) =
-            audience_setting(settings_event, "updateExistingUsersOnly")
-        {
-            body.insert("updateExistingUsersOnly".into(), b.clone());
-        }
-        requests.push(PlannedRequest {
-            endpoint: Endpoint::ListsSubscribe,
-            body: Value::Object(body),
-        });
+        requests.push(subscribe(list_id.clone(), subs, settings_event));
     }
     if !unsubs.is_empty() {
-        let mut body = Map::new();
-        body.insert("listId".into(), list_id);
-        body.insert("subscribers".into(), Value::Array(unsubs));
-        if let Some(n @ Value::Number(_)) = audience_setting(settings_event, "campaignId") {
-            body.insert("campaignId".into(), n.clone());
-        }
-        if let Some(b @ Value::Bool(_)) = audience_setting(settings_event, "globalUnsubscribe") {
-            body.insert("channelUnsubscribe".into(), b.clone());
-        }
-        requests.push(PlannedRequest {
-            endpoint: Endpoint::ListsUnsubscribe,
-            body: Value::Object(body),
-        });
+        requests.push(unsubscribe(list_id, unsubs, settings_event));
     }
     ListPlan { requests, errors }
 }
@@ -231,44 +208,50 @@ fn plan_lists(payloads: &[Map<String, Value>], events: &[&Value]) -> ListPlan {
         }
     }
     let settings_event = events.first().copied().unwrap_or(&Value::Null);
-    let mut requests = Vec::new();
-    for (list, members) in subs {
-        let mut body = Map::new();
-        body.insert(
-            "listId".into(),
-            js::number_value(js::string_to_number(&list)),
-        );
-        body.insert("subscribers".into(), Value::Array(members));
-        if let Some(b @ Value::Bool(_)) =
-            audience_setting(settings_event, "updateExistingUsersOnly")
-        {
-            body.insert("updateExistingUsersOnly".into(), b.clone());
-        }
-        requests.push(PlannedRequest {
-            endpoint: Endpoint::ListsSubscribe,
-            body: Value::Object(body),
-        });
-    }
-    for (list, members) in unsubs {
-        let mut body = Map::new();
-        body.insert(
-            "listId".into(),
-            js::number_value(js::string_to_number(&list)),
-        );
-        body.insert("subscribers".into(), Value::Array(members));
-        if let Some(n @ Value::Number(_)) = audience_setting(settings_event, "campaignId") {
-            body.insert("campaignId".into(), n.clone());
-        }
-        if let Some(b @ Value::Bool(_)) = audience_setting(settings_event, "globalUnsubscribe") {
-            body.insert("channelUnsubscribe".into(), b.clone());
-        }
-        requests.push(PlannedRequest {
-            endpoint: Endpoint::ListsUnsubscribe,
-            body: Value::Object(body),
-        });
-    }
+    let list_id = |list: &str| js::number_value(js::string_to_number(list));
+    let mut requests: Vec<PlannedRequest> = subs
+        .into_iter()
+        .map(|(list, members)| subscribe(list_id(&list), members, settings_event))
+        .collect();
+    requests.extend(
+        unsubs
+            .into_iter()
+            .map(|(list, members)| unsubscribe(list_id(&list), members, settings_event)),
+    );
     ListPlan {
         requests,
         errors: vec![],
+    }
+}
+
+/// `lists/subscribe`: `updateExistingUsersOnly` only when the audience setting is a boolean.
+fn subscribe(list_id: Value, members: Vec<Value>, settings_event: &Value) -> PlannedRequest {
+    let mut body = Map::new();
+    body.insert("listId".into(), list_id);
+    body.insert("subscribers".into(), Value::Array(members));
+    if let Some(b @ Value::Bool(_)) = audience_setting(settings_event, "updateExistingUsersOnly") {
+        body.insert("updateExistingUsersOnly".into(), b.clone());
+    }
+    PlannedRequest {
+        endpoint: Endpoint::ListsSubscribe,
+        body: Value::Object(body),
+    }
+}
+
+/// `lists/unsubscribe`: `campaignId` when a number, `channelUnsubscribe` (the audience's
+/// `globalUnsubscribe`) when a boolean.
+fn unsubscribe(list_id: Value, members: Vec<Value>, settings_event: &Value) -> PlannedRequest {
+    let mut body = Map::new();
+    body.insert("listId".into(), list_id);
+    body.insert("subscribers".into(), Value::Array(members));
+    if let Some(n @ Value::Number(_)) = audience_setting(settings_event, "campaignId") {
+        body.insert("campaignId".into(), n.clone());
+    }
+    if let Some(b @ Value::Bool(_)) = audience_setting(settings_event, "globalUnsubscribe") {
+        body.insert("channelUnsubscribe".into(), b.clone());
+    }
+    PlannedRequest {
+        endpoint: Endpoint::ListsUnsubscribe,
+        body: Value::Object(body),
     }
 }
