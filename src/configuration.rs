@@ -170,6 +170,11 @@ impl Settings {
     /// environment, then checks the result.
     pub fn load(dir: &Path) -> Result<Settings, ConfigError> {
         let environment = std::env::var("GATEWAY_ENVIRONMENT").unwrap_or_else(|_| "local".into());
+        Settings::load_environment(dir, &environment)
+    }
+
+    /// [`load`](Self::load) for a named environment.
+    pub fn load_environment(dir: &Path, environment: &str) -> Result<Settings, ConfigError> {
         let settings: Settings = config::Config::builder()
             .add_source(config::File::from(dir.join("default.toml")).required(true))
             .add_source(config::File::from(dir.join(format!("{environment}.toml"))).required(false))
@@ -338,6 +343,32 @@ mod tests {
         s.delivery.mode = DeliveryMode::Live;
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("iterable_api_key is missing"), "{e}");
+    }
+
+    #[test]
+    fn an_environment_file_overlays_the_defaults_and_variables_override_both() {
+        let dir = std::env::temp_dir().join(format!("gateway-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"),
+            dir.join("default.toml"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("staging.toml"),
+            "[application]\nport = 9100\nmax_batch_events = 100\n",
+        )
+        .unwrap();
+        // A key no other test reads, since the environment is shared by the test threads.
+        std::env::set_var("GATEWAY__APPLICATION__MAX_BATCH_EVENTS", "50");
+        let s = Settings::load_environment(&dir, "staging").unwrap();
+        std::env::remove_var("GATEWAY__APPLICATION__MAX_BATCH_EVENTS");
+        assert_eq!(s.application.port, 9100, "the overlay");
+        assert_eq!(s.application.max_batch_events, 50, "the variable");
+        assert_eq!(s.application.max_event_bytes, 32768, "the default");
+        let e = Settings::load_environment(&PathBuf::from("/nonexistent"), "local").unwrap_err();
+        assert!(e.to_string().contains("default.toml"), "{e}");
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]
