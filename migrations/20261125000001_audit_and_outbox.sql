@@ -91,8 +91,12 @@ CREATE INDEX delivery_attempt_events ON delivery_attempt USING gin (event_ids);
 CREATE INDEX delivery_attempt_endpoint ON delivery_attempt (endpoint, attempted_at);
 
 CREATE TABLE inbound_request_default PARTITION OF inbound_request DEFAULT;
--- Room on each page for the in-place (HOT) updates of claims.
-CREATE TABLE event_default PARTITION OF event DEFAULT WITH (fillfactor = 70);
+-- The outbox is a queue: every delivered event leaves dead index entries at the head of
+-- event_due that each claim would walk over until vacuumed (measured: 340,000 dead tuples and
+-- 234 ms per claim with the default autovacuum settings). Its partitions are vacuumed early,
+-- and keep room on each page for the in-place (HOT) updates of claims.
+CREATE TABLE event_default PARTITION OF event DEFAULT WITH (
+    fillfactor = 70, autovacuum_vacuum_scale_factor = 0.05, autovacuum_vacuum_threshold = 1000);
 CREATE TABLE delivery_attempt_default PARTITION OF delivery_attempt DEFAULT;
 
 -- Creates the daily partitions from `from_day` for `days` days (idempotent).
@@ -107,9 +111,11 @@ BEGIN
             d := from_day + i;
             IF to_regclass(format('%I', t || '_' || to_char(d, 'YYYYMMDD'))) IS NULL THEN
                 BEGIN
-                    EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L) WITH (fillfactor = %s)',
+                    EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L) %s',
                                    t || '_' || to_char(d, 'YYYYMMDD'), t, d::timestamptz, (d + 1)::timestamptz,
-                                   CASE WHEN t = 'event' THEN 70 ELSE 100 END);
+                                   CASE WHEN t = 'event' THEN 'WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.05, '
+                                        'autovacuum_vacuum_threshold = 1000)'
+                                        ELSE '' END);
                 EXCEPTION WHEN duplicate_table OR invalid_object_definition THEN
                     -- Another gateway created it first, or rows for that day already sit in the
                     -- DEFAULT partition (they stay there; retention still reaches them by age).
