@@ -182,7 +182,6 @@ async fn send_all(
             (Some(reply), outcome, next, reason)
         };
         let ids: Vec<i64> = batch.members.iter().map(|&m| claimed[m].id).collect();
-        let body: serde_json::Value = serde_json::from_str(&batch.wire).unwrap_or_default();
         let headers = redact::headers([
             ("authorization", b"-".as_slice()),
             ("content-type", JSON.as_bytes()),
@@ -196,7 +195,7 @@ async fn send_all(
                 method: "POST",
                 url: &url,
                 request_headers: &headers,
-                request_body: Some(&body),
+                request_body: Some(&batch.wire),
                 attempt,
                 dry_run,
                 status: reply.as_ref().and_then(Reply::status),

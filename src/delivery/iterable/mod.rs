@@ -166,7 +166,7 @@ async fn attempt(
             method: "POST",
             url: &send::url(request),
             request_headers: &send::audit_headers(),
-            request_body: Some(&request.body),
+            request_body: Some(&request.wire),
             attempt: events.map(|e| e.attempts).max().unwrap_or(1),
             dry_run,
             status: reply.as_ref().and_then(|r| r.status()),

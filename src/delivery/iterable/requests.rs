@@ -5,7 +5,7 @@
 use super::plan::{Conn, Job};
 use crate::iterable::api::Endpoint;
 use crate::mapping::js;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -31,10 +31,8 @@ pub(super) struct Request {
     pub conn: Arc<Conn>,
     pub endpoint: Endpoint,
     pub bulk: bool,
-    /// The body as sent: numbers formatted as JavaScript formats them.
+    /// The body as sent (numbers formatted as JavaScript formats them), and as audited.
     pub wire: String,
-    /// The same body, for the audit log.
-    pub body: Value,
     pub members: Vec<Member>,
 }
 
@@ -61,7 +59,6 @@ fn member(job: usize, body: &Value) -> Member {
 struct Open {
     request: usize,
     items: Vec<String>,
-    values: Vec<Value>,
     bytes: usize,
 }
 
@@ -82,7 +79,6 @@ pub(super) fn build(jobs: &[Job], alive: &[usize], round: usize) -> Vec<Request>
                 endpoint: step.endpoint,
                 bulk: false,
                 wire: js::to_json_string(&step.body),
-                body: step.body.clone(),
                 members: vec![member(j, &step.body)],
             });
             continue;
@@ -101,13 +97,11 @@ pub(super) fn build(jobs: &[Job], alive: &[usize], round: usize) -> Vec<Request>
                     endpoint,
                     bulk: true,
                     wire: String::new(),
-                    body: Value::Null,
                     members: vec![],
                 });
                 fillings.push(Open {
                     request: out.len() - 1,
                     items: vec![],
-                    values: vec![],
                     bytes: 0,
                 });
                 // A solo event's request takes nothing else.
@@ -120,16 +114,12 @@ pub(super) fn build(jobs: &[Job], alive: &[usize], round: usize) -> Vec<Request>
         let o = &mut fillings[f];
         o.bytes += item.len() + usize::from(!o.items.is_empty());
         o.items.push(item);
-        o.values.push(step.body.clone());
         out[o.request].members.push(member(j, &step.body));
     }
     for o in fillings {
         let request = &mut out[o.request];
         let key = bulk_key(request.endpoint);
         request.wire = format!("{{\"{key}\":[{}]}}", o.items.join(","));
-        let mut body = Map::new();
-        body.insert(key.to_string(), Value::Array(o.values));
-        request.body = Value::Object(body);
     }
     out
 }
@@ -220,7 +210,7 @@ mod tests {
             r#"{"events":[{"eventName":"E","n":1},{"eventName":"E","n":5}]}"#
         );
         assert_eq!(
-            requests[0].body,
+            serde_json::from_str::<Value>(&requests[0].wire).unwrap(),
             json!({"events": [{"eventName": "E", "n": 1}, {"eventName": "E", "n": 5}]})
         );
         // Round 1: only job 4 has a second step.

@@ -43,7 +43,8 @@ pub struct Attempt<'a> {
     pub url: &'a str,
     /// Secrets already redacted.
     pub request_headers: &'a Value,
-    pub request_body: Option<&'a Value>,
+    /// The body exactly as sent (JSON text), stored as `jsonb`.
+    pub request_body: Option<&'a str>,
     /// The highest attempt number among its events.
     pub attempt: i32,
     pub dry_run: bool,
@@ -63,7 +64,7 @@ pub async fn record_attempt(pool: &PgPool, a: &Attempt<'_>) -> Result<(), sqlx::
         "INSERT INTO delivery_attempt (connection, direction, endpoint, method, url, request_headers,
              request_body, attempt, dry_run, status, response_headers, response_body, duration_ms,
              outcome, error, event_ids)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
     .bind(a.connection)
     .bind(a.direction.as_str())
