@@ -258,9 +258,7 @@ impl Settings {
                     c.name
                 ));
             }
-            Destination::from_settings(&serde_json::Value::Object(c.settings.clone())).map_err(
-                |e| ConfigError::Invalid(format!("connection {:?}: settings: {e}", c.name)),
-            )?;
+            c.destination().map_err(ConfigError::Invalid)?;
             if self.delivery.mode == DeliveryMode::Live {
                 if secret(&c.write_key).is_some() && secret(&c.iterable_api_key).is_none() {
                     return bad(format!(
@@ -298,6 +296,12 @@ impl Settings {
 }
 
 impl ConnectionSettings {
+    /// The connection's mapping settings compiled; the error names the connection.
+    pub fn destination(&self) -> Result<Destination, String> {
+        Destination::from_settings(&serde_json::Value::Object(self.settings.clone()))
+            .map_err(|e| format!("connection {:?}: settings: {e}", self.name))
+    }
+
     /// The Segment region's base URL for Iterable → Segment delivery.
     pub fn segment_base<'a>(&self, segment: &'a UpstreamSettings) -> &'a str {
         if self.segment_region == "eu" {

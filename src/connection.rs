@@ -26,9 +26,7 @@ impl Connections {
             .connections
             .iter()
             .map(|c| {
-                let destination =
-                    Destination::from_settings(&serde_json::Value::Object(c.settings.clone()))
-                        .map_err(|e| anyhow::anyhow!("connection {:?}: {e}", c.name))?;
+                let destination = c.destination().map_err(anyhow::Error::msg)?;
                 let event_names = EventNames::with_overrides(&c.event_names);
                 Ok(Connection {
                     settings: c.clone(),

@@ -90,10 +90,7 @@ impl Clients {
             .or_insert_with(|| {
                 Arc::new(match settings.connection(connection) {
                     None => Err(format!("connection {connection:?} is not configured")),
-                    Some(c) => {
-                        Destination::from_settings(&serde_json::Value::Object(c.settings.clone()))
-                            .map_err(|e| format!("connection {connection:?}: settings: {e}"))
-                    }
+                    Some(c) => c.destination(),
                 })
             })
             .clone()
