@@ -86,19 +86,38 @@ impl SegmentEvent {
         value: Value,
         route_type: Option<CallType>,
     ) -> Result<SegmentEvent, EventError> {
-        let Value::Object(mut map) = value else {
-            return Err(EventError::NotAnObject(kind(&value)));
+        SegmentEvent::parse(value, route_type).map_err(|(e, _)| e)
+    }
+
+    /// [`from_value`](Self::from_value) that hands the value back, unchanged, when it is not a
+    /// call (ingest keeps it as the payload of a failed event).
+    pub fn parse(
+        value: Value,
+        route_type: Option<CallType>,
+    ) -> Result<SegmentEvent, (EventError, Value)> {
+        let mut map = match value {
+            Value::Object(map) => map,
+            other => return Err((EventError::NotAnObject(kind(&other)), other)),
         };
         let call = match map.get("type") {
-            Some(Value::String(s)) => {
-                CallType::parse(s).ok_or_else(|| EventError::UnknownType(format!("{s:?}")))?
+            Some(Value::String(s)) => match CallType::parse(s) {
+                Some(t) => t,
+                None => {
+                    let e = EventError::UnknownType(format!("{s:?}"));
+                    return Err((e, Value::Object(map)));
+                }
+            },
+            None | Some(Value::Null) => match route_type {
+                Some(t) => {
+                    map.insert("type".into(), Value::String(t.as_str().into()));
+                    t
+                }
+                None => return Err((EventError::MissingType, Value::Object(map))),
+            },
+            Some(other) => {
+                let e = EventError::UnknownType(other.to_string());
+                return Err((e, Value::Object(map)));
             }
-            None | Some(Value::Null) => {
-                let t = route_type.ok_or(EventError::MissingType)?;
-                map.insert("type".into(), Value::String(t.as_str().into()));
-                t
-            }
-            Some(other) => return Err(EventError::UnknownType(other.to_string())),
         };
         normalise_ids(&mut map);
         Ok(SegmentEvent {

@@ -48,7 +48,7 @@ pub fn batch_items(body: Value, limits: &Limits) -> Result<Vec<Value>, IngestErr
     }
     let mut out = Vec::with_capacity(items.len());
     for (i, mut item) in items.into_iter().enumerate() {
-        let size = serde_json::to_vec(&item).map(|v| v.len()).unwrap_or(0);
+        let size = json_len(&item);
         if size > limits.max_event_bytes {
             return Err(IngestError::TooLarge(format!(
                 "event {i} of the batch is {size} bytes; at most {} are accepted per event",
@@ -65,6 +65,23 @@ pub fn batch_items(body: Value, limits: &Limits) -> Result<Vec<Value>, IngestErr
         out.push(item);
     }
     Ok(out)
+}
+
+/// The length of a value's JSON, counted without building it.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, v);
+    count.0
 }
 
 /// The item's own keys win over the batch's.
@@ -89,21 +106,21 @@ pub fn to_event(
     destination: &Destination,
     received_at: &str,
 ) -> NewEvent {
-    let fallback_id = format!(
-        "gateway-{}",
-        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, item.to_string().as_bytes())
-    );
+    let mut generated_id = None;
     if let Value::Object(m) = &mut item {
-        m.shift_remove("writeKey");
         let has_id = matches!(m.get("messageId"), Some(Value::String(s)) if !s.is_empty())
             || matches!(m.get("messageId"), Some(Value::Number(_)));
         if !has_id {
             // Deterministic, so a sender's retry of the same bytes is recognised as a duplicate.
-            m.insert("messageId".into(), Value::String(fallback_id.clone()));
+            generated_id = Some(generated_message_id(&*m));
+        }
+        m.shift_remove("writeKey");
+        if let Some(id) = &generated_id {
+            m.insert("messageId".into(), Value::String(id.clone()));
         }
         m.insert("receivedAt".into(), Value::String(received_at.into()));
     }
-    match SegmentEvent::from_value(item.clone(), route_type) {
+    match SegmentEvent::parse(item, route_type) {
         Ok(event) => {
             let (state, reason) = if let Some(why) = filters::skip_reason(event.as_value()) {
                 (EventState::Skipped, Some(why))
@@ -119,7 +136,8 @@ pub fn to_event(
                 (EventState::Pending, None)
             };
             NewEvent {
-                message_id: event.message_id().unwrap_or(&fallback_id).to_string(),
+                // Every object has a messageId by now (its own, or the generated one).
+                message_id: event.message_id().unwrap_or_default().to_string(),
                 call_type: Some(event.call_type().as_str().into()),
                 user_key: user_key(&event),
                 payload: event.into_value(),
@@ -127,19 +145,32 @@ pub fn to_event(
                 state_reason: reason,
             }
         }
-        Err(e) => NewEvent {
-            message_id: item
+        Err((e, item)) => {
+            let message_id = item
                 .get("messageId")
                 .and_then(Value::as_str)
-                .unwrap_or(&fallback_id)
-                .to_string(),
-            call_type: None,
-            user_key: format!("m:{fallback_id}"),
-            payload: item,
-            state: EventState::Failed,
-            state_reason: Some(e.to_string()),
-        },
+                .map(str::to_string)
+                .or(generated_id)
+                .unwrap_or_else(|| generated_message_id(&item));
+            NewEvent {
+                user_key: format!("m:{message_id}"),
+                message_id,
+                call_type: None,
+                payload: item,
+                state: EventState::Failed,
+                state_reason: Some(e.to_string()),
+            }
+        }
     }
+}
+
+/// `gateway-` + UUID v5 of the item's JSON.
+fn generated_message_id(item: &impl serde::Serialize) -> String {
+    let bytes = serde_json::to_vec(item).unwrap_or_default();
+    format!(
+        "gateway-{}",
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &bytes)
+    )
 }
 
 /// Whose events these are, for in-order delivery: the userId, else the anonymousId, else an
