@@ -1,7 +1,7 @@
 //! The steps every inbound route shares: the audit record of the request, and answering it
 //! only after that record (and its events) is committed.
 
-use crate::audit::{redact, Direction, InboundRecord};
+use crate::audit::{redact, Direction, InboundRecord, NewEvent};
 use crate::body::Body;
 use crate::connection::Connection;
 use crate::error::IngestError;
@@ -18,13 +18,9 @@ pub async fn open_webhook<'a>(
     name: &str,
     direction: Direction,
 ) -> Result<(Body, InboundRecord, &'a Connection), IngestError> {
-    let encoding = req
-        .headers()
-        .get("content-encoding")
-        .and_then(|v| v.to_str().ok());
     let body = crate::body::read(
         payload,
-        encoding,
+        header(req, "content-encoding"),
         state.settings.application.max_batch_bytes,
     )
     .await;
@@ -103,6 +99,27 @@ async fn commit(state: &AppState, record: InboundRecord) -> Result<(), IngestErr
             Err(IngestError::Unavailable {
                 retry_after_secs: state.settings.application.retry_after_secs,
             })
+        }
+    }
+}
+
+/// A request header's value, when it is text.
+pub fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Accepts the request with `events`, or refuses it with their error; audited either way.
+pub async fn accept_or_refuse(
+    state: &AppState,
+    record: InboundRecord,
+    events: Result<Vec<NewEvent>, IngestError>,
+) -> Result<HttpResponse, IngestError> {
+    match events {
+        Err(e) => Err(refuse(state, record, e).await),
+        Ok(events) => {
+            let mut record = record;
+            record.events = events;
+            accept(state, record).await
         }
     }
 }

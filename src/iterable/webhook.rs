@@ -7,7 +7,7 @@
 
 use crate::audit::{Direction, EventState, NewEvent};
 use crate::error::IngestError;
-use crate::inbound::{accept, open_webhook, refuse};
+use crate::inbound::{accept_or_refuse, header, open_webhook, refuse};
 use crate::mapping::reverse::{split_body, to_segment_track, Context, EventNames};
 use crate::segment::auth::secrets_equal;
 use crate::startup::AppState;
@@ -34,7 +34,7 @@ pub async fn iterable_webhook(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, IngestError> {
-    let (body, mut record, connection) =
+    let (body, record, connection) =
         open_webhook(&req, payload, &state, &name, Direction::IterableToSegment).await?;
     let Some(expected) = crate::configuration::secret(&connection.settings.webhook_token) else {
         let e = IngestError::Unauthorized(
@@ -42,11 +42,7 @@ pub async fn iterable_webhook(
         );
         return Err(refuse(&state, record, e).await);
     };
-    let presented = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(presented_token);
+    let presented = header(&req, "authorization").map(presented_token);
     match presented {
         Some(token) if secrets_equal(token, expected) => {}
         Some(_) => {
@@ -64,13 +60,7 @@ pub async fn iterable_webhook(
         return Err(refuse(&state, record, problem).await);
     }
     let events = events_of(&body.bytes, &connection.event_names);
-    match events {
-        Ok(events) => {
-            record.events = events;
-            accept(&state, record).await
-        }
-        Err(e) => Err(refuse(&state, record, e).await),
-    }
+    accept_or_refuse(&state, record, events).await
 }
 
 /// Every event of the body as a Segment call; one bad event refuses the request, naming it.

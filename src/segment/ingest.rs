@@ -7,11 +7,11 @@
 use super::auth;
 use super::event::CallType;
 use super::normalise::{batch_items, to_event, Limits};
-use crate::audit::{redact, Direction, InboundRecord, NewEvent};
+use crate::audit::{redact, Direction, NewEvent};
 use crate::body;
 use crate::connection::Connection;
 use crate::error::IngestError;
-use crate::inbound::{accept, new_record, open_webhook, refuse};
+use crate::inbound::{accept_or_refuse, header, new_record, open_webhook, refuse};
 use crate::startup::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
@@ -127,10 +127,6 @@ pub async fn segment_webhook(
     accept_or_refuse(&state, record, events).await
 }
 
-fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    req.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
 fn events_of(
     json: Value,
     route: Route,
@@ -166,21 +162,6 @@ fn events_of(
                 )),
                 _ => Ok(vec![event]),
             }
-        }
-    }
-}
-
-async fn accept_or_refuse(
-    state: &AppState,
-    record: InboundRecord,
-    events: Result<Vec<NewEvent>, IngestError>,
-) -> Result<HttpResponse, IngestError> {
-    match events {
-        Err(e) => Err(refuse(state, record, e).await),
-        Ok(events) => {
-            let mut record = record;
-            record.events = events;
-            accept(state, record).await
         }
     }
 }
