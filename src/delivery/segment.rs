@@ -39,12 +39,8 @@ pub async fn process(
     let dry_run = settings.delivery.mode == DeliveryMode::DryRun;
     let policy = RetryPolicy::from_settings(&settings.delivery);
     let mut settles: Vec<Settle> = Vec::new();
-    let settle = |e: &Claimed, next: Next, reason: Option<String>| Settle {
-        id: e.id,
-        received_at: e.received_at,
-        next,
-        reason,
-        action: Some("segment.track".into()),
+    let settle = |e: &Claimed, next: Next, reason: Option<String>| {
+        Settle::of(e, next, reason, Some("segment.track".into()))
     };
     // Serialise each event once; too large or unconfigured events stop here.
     let mut ready: Vec<(usize, String)> = Vec::new();

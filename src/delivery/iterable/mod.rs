@@ -75,13 +75,7 @@ pub async fn process(
             None if dry_run => (Next::Delivered, Some(DRY_RUN_REASON.to_string())),
             None => (Next::Delivered, None),
         };
-        settles.push(Settle {
-            id: job.event.id,
-            received_at: job.event.received_at,
-            next,
-            reason,
-            action: job.action,
-        });
+        settles.push(Settle::of(&job.event, next, reason, job.action));
     }
     let applied = store::settle(pool, owner, &settles).await?;
     if applied < settles.len() as u64 {

@@ -38,21 +38,6 @@ pub(super) enum Planned {
     Done(Settle),
 }
 
-pub(super) fn settle(
-    event: &Claimed,
-    next: Next,
-    reason: String,
-    action: Option<String>,
-) -> Settle {
-    Settle {
-        id: event.id,
-        received_at: event.received_at,
-        next,
-        reason: Some(reason),
-        action,
-    }
-}
-
 /// Plans one event with "now" = `now_ms`; `conns` caches the connections of this batch.
 pub(super) fn plan(
     settings: &Settings,
@@ -65,12 +50,14 @@ pub(super) fn plan(
     if event.attempts > max {
         // Only reachable through expired leases: every claim counts as an attempt.
         let why = format!("claimed {} times (max_attempts {max}) without an answer: a dispatcher lost its lease each time", event.attempts);
-        return Planned::Done(settle(&event, Next::Dead, why, None));
+        return Planned::Done(Settle::of(&event, Next::Dead, Some(why), None));
     }
     let destination = clients.destination(settings, &event.connection);
     let destination = match destination.as_ref() {
         Ok(d) => d,
-        Err(why) => return Planned::Done(settle(&event, Next::Failed, why.clone(), None)),
+        Err(why) => {
+            return Planned::Done(Settle::of(&event, Next::Failed, Some(why.clone()), None))
+        }
     };
     let conn = match conns.get(&event.connection) {
         Some(c) => c.clone(),
@@ -85,13 +72,13 @@ pub(super) fn plan(
             "connection {:?} has no iterable_api_key: nothing can be sent in live mode",
             conn.name
         );
-        return Planned::Done(settle(&event, Next::Failed, why, None));
+        return Planned::Done(Settle::of(&event, Next::Failed, Some(why), None));
     }
     let parsed = match SegmentEvent::from_value(event.payload.clone(), None) {
         Ok(p) => p,
         Err(e) => {
             let why = format!("not a Segment event: {e}");
-            return Planned::Done(settle(&event, Next::Failed, why, None));
+            return Planned::Done(Settle::of(&event, Next::Failed, Some(why), None));
         }
     };
 
@@ -125,12 +112,12 @@ pub(super) fn plan(
         });
     }
     let done = if !errors.is_empty() {
-        settle(&event, Next::Failed, errors.join("; "), action)
+        Settle::of(&event, Next::Failed, Some(errors.join("; ")), action)
     } else if !skipped.is_empty() {
-        settle(&event, Next::Skipped, skipped.join("; "), action)
+        Settle::of(&event, Next::Skipped, Some(skipped.join("; ")), action)
     } else {
         let why = "the mapping planned no request".to_string();
-        settle(&event, Next::Skipped, why, action)
+        Settle::of(&event, Next::Skipped, Some(why), action)
     };
     Planned::Done(done)
 }

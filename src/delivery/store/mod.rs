@@ -125,6 +125,24 @@ pub struct Settle {
     pub action: Option<String>,
 }
 
+impl Settle {
+    /// The transition of a claimed event.
+    pub fn of(
+        event: &Claimed,
+        next: Next,
+        reason: Option<String>,
+        action: Option<String>,
+    ) -> Settle {
+        Settle {
+            id: event.id,
+            received_at: event.received_at,
+            next,
+            reason,
+            action,
+        }
+    }
+}
+
 /// Applies the transitions (delivered, retry, split, failed, dead, skipped) of events still
 /// leased by `owner`; returns how many it applied. A row whose lease ran out and was claimed
 /// by another dispatcher is left alone: that dispatcher's outcome is the one recorded.
