@@ -21,6 +21,16 @@ pub enum CallOutcome {
     Network(String),
 }
 
+impl CallOutcome {
+    /// The answer's `Retry-After`, when it had a usable one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CallOutcome::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
 /// The three things an outcome can mean.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {

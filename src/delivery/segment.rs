@@ -231,10 +231,7 @@ fn verdict(
     match classify(&reply.outcome) {
         Class::Delivered => (AttemptOutcome::Delivered, Next::Delivered, None),
         Class::Retryable => {
-            let retry_after = match &reply.outcome {
-                super::retry::CallOutcome::Status { retry_after, .. } => *retry_after,
-                _ => None,
-            };
+            let retry_after = reply.outcome.retry_after();
             match policy.after_failure(attempt, retry_after, unit) {
                 Verdict::RetryIn(d) => (AttemptOutcome::Retry, Next::Retry(d), Some(describe())),
                 Verdict::Dead => (AttemptOutcome::Dead, Next::Dead, Some(describe())),

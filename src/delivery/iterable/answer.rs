@@ -47,10 +47,7 @@ pub(super) fn interpret(
             steps: all(Step::Ok),
         },
         Class::Retryable => {
-            let retry_after = match reply.outcome {
-                CallOutcome::Status { retry_after, .. } => retry_after,
-                _ => None,
-            };
+            let retry_after = reply.outcome.retry_after();
             let steps: Vec<(usize, Step)> = members
                 .iter()
                 .map(|m| {
