@@ -18,8 +18,9 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 pub enum CommitError {
     #[error("the database did not commit in time")]
     Timeout,
+    /// Shared by every request of the group whose commit failed.
     #[error("the database refused the commit: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(Arc<sqlx::Error>),
     #[error("the gateway is shutting down")]
     Closed,
 }
@@ -85,13 +86,9 @@ impl GroupCommitter {
             Err(_) => Err(CommitError::Timeout),
             Ok(Err(_)) => Err(CommitError::Closed),
             Ok(Ok(Ok(receipt))) => Ok(receipt),
-            Ok(Ok(Err(e))) => Err(CommitError::Database(clone_error(&e))),
+            Ok(Ok(Err(e))) => Err(CommitError::Database(e)),
         }
     }
-}
-
-fn clone_error(e: &sqlx::Error) -> sqlx::Error {
-    sqlx::Error::Protocol(e.to_string())
 }
 
 /// Waits for one job, then takes whatever else is already waiting.
