@@ -160,7 +160,8 @@ pub async fn write_group(
             }
         }
     }
-    let fresh: HashSet<(String, String)> = if candidates.is_empty() {
+    // The candidates whose messageId this insert saw first, by their position in `candidates`.
+    let fresh: HashSet<(usize, usize)> = if candidates.is_empty() {
         HashSet::new()
     } else {
         let conn: Vec<&str> = candidates
@@ -175,11 +176,18 @@ pub async fn write_group(
             .iter()
             .map(|(r, e)| records[*r].events[*e].message_id.as_str())
             .collect();
-        sqlx::query_as::<_, (String, String)>(
-            "INSERT INTO message_seen (connection, direction, message_id)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])
-             ON CONFLICT DO NOTHING
-             RETURNING connection || '/' || direction, message_id",
+        // Candidates are distinct keys, so each inserted row joins back to exactly one.
+        sqlx::query_scalar::<_, i64>(
+            "WITH input AS (
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(c, d, m, n)),
+             inserted AS (
+                 INSERT INTO message_seen (connection, direction, message_id)
+                 SELECT c, d, m FROM input
+                 ON CONFLICT DO NOTHING
+                 RETURNING connection, direction, message_id)
+             SELECT input.n FROM input
+             JOIN inserted ON inserted.connection = input.c AND inserted.direction = input.d
+                          AND inserted.message_id = input.m",
         )
         .bind(&conn)
         .bind(&dir)
@@ -187,9 +195,9 @@ pub async fn write_group(
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
+        .map(|n| candidates[n as usize - 1])
         .collect()
     };
-    let candidate_set: HashSet<(usize, usize)> = candidates.into_iter().collect();
 
     let mut receipts = Vec::with_capacity(records.len());
     let (
@@ -222,12 +230,7 @@ pub async fn write_group(
         for (ei, e) in r.events.iter().enumerate() {
             let (s, why) = if e.state != EventState::Pending {
                 (e.state, e.state_reason.clone())
-            } else if candidate_set.contains(&(ri, ei))
-                && fresh.contains(&(
-                    format!("{connection}/{}", r.direction.as_str()),
-                    e.message_id.clone(),
-                ))
-            {
+            } else if fresh.contains(&(ri, ei)) {
                 receipt.accepted += 1;
                 (EventState::Pending, None)
             } else {
