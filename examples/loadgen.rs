@@ -404,22 +404,26 @@ impl Stats {
 }
 
 async fn post(client: &reqwest::Client, url: &str, key: &str, body: String) -> Result<u16, String> {
-    let resp = client
-        .post(url)
-        .basic_auth(key, Some(""))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| {
-            if e.is_timeout() {
-                "timeout".to_string()
-            } else {
-                "network error".to_string()
-            }
-        })?;
+    send(
+        client
+            .post(url)
+            .basic_auth(key, Some(""))
+            .header("content-type", "application/json")
+            .body(body),
+    )
+    .await
+}
+
+/// Sends and reads the whole answer: the acknowledgement is complete only then.
+async fn send(request: reqwest::RequestBuilder) -> Result<u16, String> {
+    let resp = request.send().await.map_err(|e| {
+        if e.is_timeout() {
+            "timeout".to_string()
+        } else {
+            "network error".to_string()
+        }
+    })?;
     let status = resp.status().as_u16();
-    // Read the whole answer: the acknowledgement is complete only then.
     let _ = resp.bytes().await;
     Ok(status)
 }
@@ -436,35 +440,18 @@ fn client() -> reqwest::Client {
 /// Closed loop: `connections` workers, each with its own HTTP connection, one request at a time.
 async fn run_max(args: &DriveArgs, run: &str, start: Instant, end: Instant) -> Stats {
     let url = format!("{}/v1/batch", args.url.trim_end_matches('/'));
-    let mut tasks = Vec::new();
-    for worker in 0..args.connections {
+    closed_loop(args.connections, start, end, |worker| {
         let (url, key) = (url.clone(), args.write_key.clone());
         let mut maker = BatchMaker::new(args, run, worker);
-        tasks.push(tokio::spawn(async move {
-            let client = client();
-            let mut stats = Stats::new();
-            loop {
-                let body = maker.next();
-                let sent = Instant::now();
-                if sent >= end {
-                    break;
-                }
-                let outcome = post(&client, &url, &key, body).await;
-                let done = Instant::now();
-                if sent >= start && done <= end {
-                    stats.record(&outcome, done - sent);
-                }
-            }
-            stats
-        }));
-    }
-    let mut total = Stats::new();
-    for t in tasks {
-        if let Ok(s) = t.await {
-            total.merge(&s);
+        move |client: &reqwest::Client| {
+            client
+                .post(&url)
+                .basic_auth(&key, Some(""))
+                .header("content-type", "application/json")
+                .body(maker.next())
         }
-    }
-    total
+    })
+    .await
 }
 
 /// Closed loop of Iterable system webhooks, one event per POST (DESIGN §6: ≥ 5,000/s).
@@ -483,45 +470,59 @@ async fn run_webhook(args: &DriveArgs, run: &str, start: Instant, end: Instant) 
         args.webhook_connection
     );
     let auth = format!("Bearer {}", args.webhook_token);
-    let mut tasks = Vec::new();
-    for worker in 0..args.connections {
+    closed_loop(args.connections, start, end, |worker| {
         let (url, auth, run, users) = (
             url.clone(),
             auth.clone(),
             run.to_string(),
             args.users.max(1),
         );
+        let mut rng = StdRng::seed_from_u64(worker as u64 + 17);
+        let mut seq = 0u64;
+        move |client: &reqwest::Client| {
+            let n = seq;
+            seq += 1;
+            let seq = n;
+            let user = rng.gen_range(0..users);
+            let name = NAMES[(seq % NAMES.len() as u64) as usize];
+            let body = format!(
+                r#"{{"email":"user-{user}@example.com","eventName":"{name}","dataFields":{{"createdAt":"2026-11-25 10:00:00 +00:00","campaignId":{c},"templateId":93849,"messageId":"{run}-{worker}-{seq}","emailSubject":"Hello","ip":"162.245.22.184","userAgent":"Mozilla/5.0"}}}}"#,
+                c = seq % 1000
+            );
+            client
+                .post(&url)
+                .header("authorization", &auth)
+                .header("content-type", "application/json")
+                .body(body)
+        }
+    })
+    .await
+}
+
+/// Closed loop: `connections` workers, each with its own HTTP connection and one request in
+/// flight; `worker(i)` gives worker `i` its request builder.
+async fn closed_loop<W>(
+    connections: usize,
+    start: Instant,
+    end: Instant,
+    mut worker: impl FnMut(usize) -> W,
+) -> Stats
+where
+    W: FnMut(&reqwest::Client) -> reqwest::RequestBuilder + Send + 'static,
+{
+    let mut tasks = Vec::new();
+    for i in 0..connections {
+        let mut next = worker(i);
         tasks.push(tokio::spawn(async move {
             let client = client();
             let mut stats = Stats::new();
-            let mut rng = StdRng::seed_from_u64(worker as u64 + 17);
-            for seq in 0u64.. {
-                let user = rng.gen_range(0..users);
-                let name = NAMES[(seq % NAMES.len() as u64) as usize];
-                let body = format!(
-                    r#"{{"email":"user-{user}@example.com","eventName":"{name}","dataFields":{{"createdAt":"2026-11-25 10:00:00 +00:00","campaignId":{c},"templateId":93849,"messageId":"{run}-{worker}-{seq}","emailSubject":"Hello","ip":"162.245.22.184","userAgent":"Mozilla/5.0"}}}}"#,
-                    c = seq % 1000
-                );
+            loop {
+                let request = next(&client);
                 let sent = Instant::now();
                 if sent >= end {
                     break;
                 }
-                let outcome = client
-                    .post(&url)
-                    .header("authorization", &auth)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|_| "network error".to_string());
-                let outcome = match outcome {
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        let _ = r.bytes().await;
-                        Ok(status)
-                    }
-                    Err(e) => Err(e),
-                };
+                let outcome = send(request).await;
                 let done = Instant::now();
                 if sent >= start && done <= end {
                     stats.record(&outcome, done - sent);
