@@ -80,36 +80,13 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 impl TestApp {
-    /// Dispatches everything due, both directions, as a fresh dispatcher would (no jitter).
-    pub async fn drain(&self) -> usize {
+    /// Dispatches until nothing is pending (retries included), as a fresh dispatcher would
+    /// (no jitter).
+    pub async fn drain_until_settled(&self) {
         let clients = gateway::delivery::Clients::new(&self.settings.delivery)
             .unwrap()
             .with_jitter(|| 0.5);
-        gateway::delivery::worker::drain(&self.pool, &self.settings, &clients)
-            .await
-            .unwrap()
-    }
-
-    /// Drains until nothing is pending any more (retries included), or panics after 10 s.
-    pub async fn drain_until_settled(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            self.drain().await;
-            let open: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM event WHERE state IN ('pending', 'in_flight')",
-            )
-            .fetch_one(&self.pool)
-            .await
-            .unwrap();
-            if open == 0 {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{open} events still open after 10 s"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        crate::helpers::drain_until_settled(&self.pool, &self.settings, &clients).await;
     }
 
     /// POST to a tracking API route with the write key as HTTP Basic user.

@@ -18,7 +18,6 @@ use gateway::segment::event::SegmentEvent;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 use wiremock::MockServer;
 
 pub const API_KEY: &str = "test-key";
@@ -138,26 +137,9 @@ impl Harness {
             .unwrap()
     }
 
-    /// Drains until no event is pending or in flight (retries included).
+    /// Drains until no event is pending (retries included).
     pub async fn drain_all(&self) {
-        let started = Instant::now();
-        loop {
-            self.drain().await;
-            let open: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM event WHERE state IN ('pending', 'in_flight')",
-            )
-            .fetch_one(&self.pool)
-            .await
-            .unwrap();
-            if open == 0 {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "events stay open"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        crate::helpers::drain_until_settled(&self.pool, &self.settings, &self.clients).await;
     }
 
     pub async fn event(&self, message_id: &str) -> EventRow {

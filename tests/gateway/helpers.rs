@@ -78,3 +78,30 @@ pub fn without_internal_batching_keys(action: Action, body: &mut Value) {
         events.iter_mut().for_each(strip);
     }
 }
+
+/// Dispatches both directions until no event is pending (retries included); panics after 10 s.
+/// (A claimed event stays `pending` under its lease.)
+pub async fn drain_until_settled(
+    pool: &sqlx::PgPool,
+    settings: &gateway::configuration::Settings,
+    clients: &gateway::delivery::Clients,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        gateway::delivery::worker::drain(pool, settings, clients)
+            .await
+            .unwrap();
+        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM event WHERE state = 'pending'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if open == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} events still open after 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
