@@ -82,13 +82,3 @@ pub struct InboundRecord {
     pub body: Vec<u8>,
     pub events: Vec<NewEvent>,
 }
-
-/// What the commit of one inbound record did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Receipt {
-    pub request_id: i64,
-    /// Events entered as pending.
-    pub accepted: usize,
-    /// Events whose messageId this connection had already accepted (kept as skipped).
-    pub duplicates: usize,
-}

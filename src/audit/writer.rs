@@ -5,7 +5,7 @@
 //! transaction and answers each handler only after the commit. While one writer commits, the
 //! next collects the following group, so commits overlap and no request waits for a timer.
 
-use super::{Direction, EventState, InboundRecord, Receipt};
+use super::{EventState, InboundRecord};
 use sqlx::types::Json;
 use sqlx::PgPool;
 use std::collections::HashSet;
@@ -27,7 +27,7 @@ pub enum CommitError {
 
 struct Job {
     record: InboundRecord,
-    reply: oneshot::Sender<Result<Receipt, Arc<sqlx::Error>>>,
+    reply: oneshot::Sender<Result<(), Arc<sqlx::Error>>>,
 }
 
 /// The handle handlers use; cheap to clone.
@@ -52,9 +52,9 @@ impl GroupCommitter {
                         .record(started.elapsed().as_secs_f64());
                     metrics::histogram!("gateway_group_commit_requests").record(group.len() as f64);
                     match result {
-                        Ok(receipts) => {
-                            for (job, receipt) in group.into_iter().zip(receipts) {
-                                let _ = job.reply.send(Ok(receipt));
+                        Ok(()) => {
+                            for job in group {
+                                let _ = job.reply.send(Ok(()));
                             }
                         }
                         Err(e) => {
@@ -76,7 +76,7 @@ impl GroupCommitter {
         &self,
         record: InboundRecord,
         timeout: Duration,
-    ) -> Result<Receipt, CommitError> {
+    ) -> Result<(), CommitError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job { record, reply })
@@ -85,7 +85,7 @@ impl GroupCommitter {
         match tokio::time::timeout(timeout, rx).await {
             Err(_) => Err(CommitError::Timeout),
             Ok(Err(_)) => Err(CommitError::Closed),
-            Ok(Ok(Ok(receipt))) => Ok(receipt),
+            Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(CommitError::Database(e)),
         }
     }
@@ -110,10 +110,7 @@ async fn next_group(rx: &Mutex<mpsc::Receiver<Job>>, max_events: usize) -> Optio
 }
 
 /// Writes the records in one transaction: requests, first sightings of messageIds, events.
-pub async fn write_group(
-    pool: &PgPool,
-    records: &[&InboundRecord],
-) -> Result<Vec<Receipt>, sqlx::Error> {
+pub async fn write_group(pool: &PgPool, records: &[&InboundRecord]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let ids: Vec<i64> = sqlx::query_scalar(
         "SELECT nextval(pg_get_serial_sequence('inbound_request', 'id')) FROM generate_series(1, $1)",
@@ -199,7 +196,6 @@ pub async fn write_group(
         .collect()
     };
 
-    let mut receipts = Vec::with_capacity(records.len());
     let (
         mut req,
         mut conn,
@@ -222,19 +218,13 @@ pub async fn write_group(
         vec![],
     );
     for (ri, r) in records.iter().enumerate() {
-        let mut receipt = Receipt {
-            request_id: ids[ri],
-            ..Receipt::default()
-        };
         let connection = r.connection.as_deref().unwrap_or("");
         for (ei, e) in r.events.iter().enumerate() {
             let (s, why) = if e.state != EventState::Pending {
                 (e.state, e.state_reason.clone())
             } else if fresh.contains(&(ri, ei)) {
-                receipt.accepted += 1;
                 (EventState::Pending, None)
             } else {
-                receipt.duplicates += 1;
                 (
                     EventState::Skipped,
                     Some(format!(
@@ -253,7 +243,6 @@ pub async fn write_group(
             state.push(s.as_str());
             reason.push(why);
         }
-        receipts.push(receipt);
     }
     if !req.is_empty() {
         sqlx::query(
@@ -275,16 +264,5 @@ pub async fn write_group(
         .await?;
     }
     tx.commit().await?;
-    Ok(receipts)
-}
-
-impl Direction {
-    /// The inverse of `as_str`.
-    pub fn parse(s: &str) -> Option<Direction> {
-        match s {
-            "segment_to_iterable" => Some(Direction::SegmentToIterable),
-            "iterable_to_segment" => Some(Direction::IterableToSegment),
-            _ => None,
-        }
-    }
+    Ok(())
 }

@@ -129,14 +129,6 @@ impl Mapping {
             other => other.resolve(data).map(Cow::Owned),
         }
     }
-
-    /// The members of an object mapping, for merging a user's mapping over the defaults.
-    pub fn members(&self) -> Option<&[(String, Mapping)]> {
-        match self {
-            Mapping::Object(m) => Some(m),
-            _ => None,
-        }
-    }
 }
 
 /// `value != ''` in JavaScript's loose equality, negated: `0`, `false`, `""`, `[]` equal `''`.
