@@ -1,6 +1,7 @@
 //! The audit log: what the database records of every exchange (DESIGN §4), and the group
 //! committer that writes inbound requests with their events before they are acknowledged.
 
+pub mod queries;
 pub mod redact;
 pub mod writer;
 

@@ -1,6 +1,6 @@
 //! `gateway serve` and `gateway migrate`.
 
-use crate::configuration::Settings;
+use crate::configuration::{Settings, Sources};
 use crate::database::{migrate, ClusterOptions, LocalCluster};
 use crate::startup::Application;
 use clap::Args;
@@ -11,11 +11,48 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ConfigArgs {
-    /// Directory of default.toml and the environment overlays.
-    #[arg(long, default_value = "config", env = "GATEWAY_CONFIG_DIR")]
-    pub config: PathBuf,
+    /// A directory of overlays (`<GATEWAY_ENVIRONMENT>.toml`, default `local`) or one .toml file.
+    /// The defaults are built in, so it holds only the keys you change. Default: ./config when it
+    /// exists.
+    #[arg(long, env = "GATEWAY_CONFIG_DIR")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    /// Where the configuration comes from: `--config`, else ./config if it is there, else only the
+    /// built-in defaults and the variables.
+    pub fn sources(&self) -> Sources {
+        let config = self.config.clone().or_else(|| {
+            let here = PathBuf::from("config");
+            here.is_dir().then_some(here)
+        });
+        Sources::from_env(config)
+    }
+
+    pub fn load(&self) -> anyhow::Result<Settings> {
+        Ok(Settings::load_from(&self.sources())?)
+    }
+}
+
+/// Connects (starting the own cluster if needed), applies the migrations, runs `f`, and stops
+/// the own cluster again if this call started it: for the commands that read the audit log.
+pub fn with_database<F, Fut, T>(settings: &Settings, f: F) -> anyhow::Result<T>
+where
+    F: FnOnce(PgPool) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    runtime()?.block_on(async {
+        let (pool, own) = connect(settings).await?;
+        migrate(&pool).await?;
+        let result = f(pool.clone()).await;
+        pool.close().await;
+        if let Some(cluster) = own {
+            cluster.stop()?;
+        }
+        result
+    })
 }
 
 /// Connects to `database.url`, or starts (creating if needed) the gateway's own cluster under
@@ -32,10 +69,20 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<(PgPool, Option<Loca
                 durable: true,
             };
             let dir = db.dir.clone();
+            let existed = dir.join("PG_VERSION").is_file();
             let cluster =
                 tokio::task::spawn_blocking(move || LocalCluster::ensure_with(&dir, &options))
                     .await??;
-            tracing::info!(dir = %cluster.dir().display(), port = cluster.port(), "Using the gateway's own PostgreSQL.");
+            let (dir, port) = (cluster.dir().display(), cluster.port());
+            match (existed, cluster.started_here()) {
+                (false, _) => {
+                    tracing::info!(%dir, port, "Created and started the gateway's own PostgreSQL.")
+                }
+                (true, true) => tracing::info!(%dir, port, "Started the gateway's own PostgreSQL."),
+                (true, false) => {
+                    tracing::info!(%dir, port, "Reusing the gateway's own PostgreSQL, already running (it stays running when the gateway stops).")
+                }
+            }
             let admin = PgPoolOptions::new()
                 .max_connections(1)
                 .connect(&cluster.url("postgres"))
@@ -67,8 +114,8 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<(PgPool, Option<Loca
 }
 
 pub fn run_migrate(args: ConfigArgs) -> anyhow::Result<ExitCode> {
-    let settings = Settings::load(&args.config)?;
-    crate::telemetry::init_logs(&settings.application.log_format);
+    let settings = args.load()?;
+    crate::telemetry::init_logs(settings.application.log_format);
     runtime()?.block_on(async {
         let (pool, own) = connect(&settings).await?;
         migrate(&pool).await?;
@@ -82,8 +129,8 @@ pub fn run_migrate(args: ConfigArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn run_serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
-    let settings = Settings::load(&args.config)?;
-    crate::telemetry::init_logs(&settings.application.log_format);
+    let settings = args.load()?;
+    crate::telemetry::init_logs(settings.application.log_format);
     runtime()?.block_on(async move {
         let (pool, own) = connect(&settings).await?;
         migrate(&pool).await?;
@@ -93,6 +140,16 @@ pub fn run_serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
             settings.database.retention_days,
             cancel.clone(),
         ));
+        let sampler = (settings.metrics.sample_secs > 0).then(|| {
+            let sampler = crate::telemetry::BacklogSampler::new(
+                settings.connections.iter().map(|c| c.name.clone()),
+            );
+            tokio::spawn(sampler.run(
+                pool.clone(),
+                Duration::from_secs(settings.metrics.sample_secs),
+                cancel.clone(),
+            ))
+        });
         let app = Application::build(settings.clone(), pool.clone())?;
         let dispatch = tokio::spawn(crate::delivery::worker::run(
             pool.clone(),
@@ -102,7 +159,8 @@ pub fn run_serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         ));
         tracing::info!(
             address = %format!("http://{}:{}", settings.application.host, app.port()),
-            mode = ?settings.delivery.mode,
+            mode = settings.delivery.mode.as_str(),
+            ui = if settings.ui.token.is_some() { "/ui" } else { "off" },
             connections = settings.connections.len(),
             "The gateway is listening."
         );
@@ -115,10 +173,20 @@ pub fn run_serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         let _ = server.await;
         let _ = dispatch.await;
         let _ = maintenance.await;
+        if let Some(sampler) = sampler {
+            let _ = sampler.await;
+        }
         pool.close().await;
-        if let Some(cluster) = own {
-            tracing::info!("Stopping the gateway's own PostgreSQL.");
-            cluster.stop()?;
+        match own {
+            Some(cluster) => {
+                cluster.stop()?;
+                tracing::info!(dir = %cluster.dir().display(), "Stopped the gateway's own PostgreSQL.");
+            }
+            None if settings.database.url.is_none() => tracing::info!(
+                dir = %settings.database.dir.display(),
+                "Left the gateway's own PostgreSQL running: it was running before this gateway started (stop it with pg_ctl -D <dir> stop)."
+            ),
+            None => {}
         }
         Ok(ExitCode::SUCCESS)
     })

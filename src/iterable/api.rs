@@ -13,6 +13,14 @@ pub enum DataCenter {
 }
 
 impl DataCenter {
+    /// As the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataCenter::UnitedStates => "united_states",
+            DataCenter::Europe => "europe",
+        }
+    }
+
     /// Segment's `dataCenterLocation`: `europe` is the EU; any other value, or none, is the US.
     pub fn from_setting(s: Option<&str>) -> DataCenter {
         match s {
