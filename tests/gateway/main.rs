@@ -10,6 +10,7 @@ mod ingest;
 mod iterable_client;
 mod iterable_webhook;
 mod mapping_vectors;
+mod operate;
 mod oracle_probes;
 mod properties;
 mod segment_delivery;

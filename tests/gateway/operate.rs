@@ -1,0 +1,436 @@
+//! Operating the gateway: `gateway audit` and `gateway replay` against a database with known
+//! events and a wiremock Iterable, and the backlog gauges after a scripted run.
+
+use crate::delivery::{track, Harness};
+use gateway::cli::audit::{answer, Question};
+use gateway::cli::replay::{execute, preview, Filter};
+use serde_json::{json, Value};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+const TRACK_BULK: &str = "/api/events/trackBulk";
+
+async fn iterable_answers(h: &Harness, status: u16) {
+    h.iterable.reset().await;
+    let body = if status == 200 {
+        json!({"successCount": 1})
+    } else {
+        json!({"code": "GenericError", "msg": "try later"})
+    };
+    Mock::given(method("POST"))
+        .and(path(TRACK_BULK))
+        .respond_with(ResponseTemplate::new(status).set_body_json(body))
+        .mount(&h.iterable)
+        .await;
+}
+
+fn dead_filter() -> Filter {
+    Filter {
+        connection: Some("shop".into()),
+        state: vec!["dead".into()],
+        ..Filter::default()
+    }
+}
+
+/// The ids Iterable received in trackBulk bodies, in order.
+async fn track_ids(h: &Harness) -> Vec<String> {
+    h.received(TRACK_BULK)
+        .await
+        .iter()
+        .flat_map(|b| b["events"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_replay_of_dead_events_sends_each_once_with_the_same_ids_and_is_audited() {
+    // Arrange: three events die against a failing Iterable (5 attempts each).
+    let h = Harness::start().await;
+    iterable_answers(&h, 500).await;
+    let events: Vec<Value> = (1..=3)
+        .map(|i| track(&format!("m-{i}"), &format!("u-{i}"), "Signed Up"))
+        .collect();
+    h.insert(&events).await;
+    h.drain_all().await;
+    for i in 1..=3 {
+        let e = h.event(&format!("m-{i}")).await;
+        assert_eq!((e.state.as_str(), e.attempts), ("dead", 5), "{e:?}");
+    }
+    iterable_answers(&h, 200).await;
+
+    // Act: the dry run changes nothing; the replay reopens them; the dispatcher sends.
+    let (count, listed) = preview(&h.pool, &dead_filter()).await.unwrap();
+    assert_eq!(count, 3);
+    assert_eq!(listed.len(), 3);
+    assert_eq!(
+        h.event("m-1").await.state,
+        "dead",
+        "a dry run changes nothing"
+    );
+    let done = execute(
+        &h.pool,
+        &dead_filter(),
+        "ops@test",
+        Some("Iterable outage over"),
+    )
+    .await
+    .unwrap();
+    h.drain_all().await;
+
+    // Assert: each sent once more, with its messageId as Iterable's id.
+    assert_eq!(done.events, 3);
+    let mut ids = track_ids(&h).await;
+    ids.sort();
+    assert_eq!(ids, vec!["m-1", "m-2", "m-3"], "each once, same ids");
+    for i in 1..=3 {
+        let e = h.event(&format!("m-{i}")).await;
+        assert_eq!(e.state, "delivered");
+        let attempts = h.attempts(&format!("m-{i}")).await;
+        assert_eq!(attempts.len(), 6, "the five before the replay are kept");
+        assert_eq!(attempts[5].outcome, "delivered");
+    }
+    let (who, events, filter, note): (String, i32, Value, Option<String>) =
+        sqlx::query_as("SELECT requested_by, events, filter, note FROM replay WHERE id = $1")
+            .bind(done.replay_id)
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!((who.as_str(), events), ("ops@test", 3));
+    assert_eq!(filter["state"], json!(["dead"]));
+    assert_eq!(filter["connection"], json!("shop"));
+    assert_eq!(note.as_deref(), Some("Iterable outage over"));
+    let previous: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT previous_state, previous_attempts FROM replay_event WHERE replay_id = $1",
+    )
+    .bind(done.replay_id)
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(previous, vec![("dead".to_string(), 5); 3]);
+
+    // The audit shows both generations, and the replay.
+    let (text, found) = answer(
+        &h.pool,
+        &Question::Event {
+            message_id: "m-2".into(),
+        },
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(found);
+    assert!(text.contains("state delivered"), "{text}");
+    assert!(text.contains("replays 1"), "{text}");
+    assert!(
+        text.contains(&format!("replayed: replay {}", done.replay_id)),
+        "{text}"
+    );
+    let gens: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(TRACK_BULK) && l.trim_start().starts_with(char::is_numeric))
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(gens, vec!["0", "0", "0", "0", "0", "1"], "{text}");
+
+    // Nothing matches any more: a second replay takes nothing.
+    assert_eq!(preview(&h.pool, &dead_filter()).await.unwrap().0, 0);
+}
+
+#[tokio::test]
+async fn replay_takes_states_by_name_refuses_open_ones_and_filters_by_user_and_reason() {
+    let h = Harness::start().await;
+    iterable_answers(&h, 200).await;
+    h.insert(&[
+        track("ok-1", "ann", "Signed Up"),
+        json!({"type": "track", "event": "X", "anonymousId": "anon-7", "messageId": "bad-1"}),
+    ])
+    .await;
+    h.drain_all().await;
+    let pool = &h.pool;
+    let by = |f: Filter| async move { preview(pool, &f).await.map(|(n, _)| n) };
+    let states = |s: &[&str]| Filter {
+        state: s.iter().map(|s| s.to_string()).collect(),
+        ..Filter::default()
+    };
+    assert_eq!(by(states(&["delivered"])).await.unwrap(), 1);
+    assert_eq!(by(states(&["failed"])).await.unwrap(), 1);
+    // A state this schema does not have (dispatch adds dry_run) is a name like any other.
+    assert_eq!(by(states(&["dry_run"])).await.unwrap(), 0);
+    let e = by(states(&["pending"])).await.unwrap_err().to_string();
+    assert!(e.contains("still being delivered"), "{e}");
+    let reason = Filter {
+        reason: Some("PAYLOAD_VALIDATION_FAILED".into()),
+        ..states(&["failed", "delivered"])
+    };
+    assert_eq!(by(reason).await.unwrap(), 1);
+    let user = Filter {
+        user: Some("ANN@example.com".into()),
+        ..states(&["failed", "delivered"])
+    };
+    assert_eq!(by(user).await.unwrap(), 1, "by email, any case");
+    let ids = Filter {
+        message_id: vec!["ok-1".into(), "bad-1".into()],
+        ..states(&["failed", "delivered"])
+    };
+    assert_eq!(by(ids).await.unwrap(), 2);
+    let since = Filter {
+        since: Some("1h".into()),
+        until: Some("30m".into()),
+        ..states(&["failed", "delivered"])
+    };
+    assert_eq!(
+        by(since).await.unwrap(),
+        0,
+        "received in the last minute, not before"
+    );
+}
+
+#[tokio::test]
+async fn each_audit_question_answers_from_known_events() {
+    // Arrange: one delivered, one refused before sending, one dead, one waiting.
+    let h = Harness::start().await;
+    iterable_answers(&h, 200).await;
+    h.insert(&[
+        track("ok-1", "ann", "Signed Up"),
+        json!({"type": "track", "event": "X", "anonymousId": "anon-7", "messageId": "bad-1"}),
+    ])
+    .await;
+    h.drain_all().await;
+    iterable_answers(&h, 500).await;
+    h.insert(&[track("dead-1", "bob", "Signed Up")]).await;
+    h.drain_all().await;
+    h.insert(&[track("wait-1", "cy", "Signed Up")]).await;
+    sqlx::query(
+        "UPDATE event SET next_attempt_at = now() + interval '1 hour' WHERE message_id = 'wait-1'",
+    )
+    .execute(&h.pool)
+    .await
+    .unwrap();
+    let pool = &h.pool;
+    let ask = |q: Question, json: bool| async move { answer(pool, &q, json).await.unwrap() };
+
+    // event
+    let (text, found) = ask(
+        Question::Event {
+            message_id: "dead-1".into(),
+        },
+        false,
+    )
+    .await;
+    assert!(found);
+    assert!(text.contains("state dead"), "{text}");
+    let attempt_lines = text
+        .lines()
+        .filter(|l| l.contains(TRACK_BULK) && l.trim_start().starts_with(char::is_numeric));
+    assert_eq!(attempt_lines.count(), 5, "{text}");
+    assert!(
+        text.contains("500") && text.contains("GenericError"),
+        "the partner's answer: {text}"
+    );
+    let (text, found) = ask(
+        Question::Event {
+            message_id: "nope".into(),
+        },
+        false,
+    )
+    .await;
+    assert!(
+        !found && text.contains("no event has messageId \"nope\""),
+        "{text}"
+    );
+    let (text, _) = ask(
+        Question::Event {
+            message_id: "ok-1".into(),
+        },
+        true,
+    )
+    .await;
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v[0]["event"]["state"], "delivered");
+    assert_eq!(v[0]["attempts"][0]["status"], 200);
+    assert_eq!(
+        v[0]["attempts"][0]["request_body"]["events"][0]["id"], "ok-1",
+        "the mapped request"
+    );
+
+    // user: by user key and by email
+    let (text, found) = ask(Question::User { user: "ann".into() }, false).await;
+    assert!(
+        found && text.contains("ok-1") && text.contains("delivered"),
+        "{text}"
+    );
+    let (text, _) = ask(
+        Question::User {
+            user: "bob@example.com".into(),
+        },
+        true,
+    )
+    .await;
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["message_id"], "dead-1");
+
+    // failures: the refusal before sending and the partner's 500s, by connection
+    let (text, _) = ask(
+        Question::Failures {
+            since: "1h".into(),
+            connection: None,
+        },
+        true,
+    )
+    .await;
+    let rows: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let refused = rows
+        .iter()
+        .find(|r| r["outcome"] == "refused")
+        .expect("the refusal");
+    assert_eq!(refused["connection"], "shop");
+    assert_eq!(refused["endpoint"], "(not sent)");
+    assert_eq!(refused["reason"], "PAYLOAD_VALIDATION_FAILED");
+    assert_eq!(refused["events"], 1);
+    let dead = rows
+        .iter()
+        .find(|r| r["outcome"] == "dead")
+        .expect("the last 500");
+    assert_eq!(
+        (dead["endpoint"].as_str(), dead["status"].as_i64()),
+        (Some(TRACK_BULK), Some(500))
+    );
+    assert_eq!(dead["reason"], "GenericError", "the partner's code");
+    let retried = rows
+        .iter()
+        .find(|r| r["outcome"] == "retry")
+        .expect("the retried 500s");
+    assert_eq!(retried["attempts"], 4);
+    let (text, _) = ask(
+        Question::Failures {
+            since: "1h".into(),
+            connection: Some("other".into()),
+        },
+        false,
+    )
+    .await;
+    assert_eq!(text, "no failures in the last 1h\n");
+    let (text, _) = ask(
+        Question::Failures {
+            since: "1h".into(),
+            connection: None,
+        },
+        false,
+    )
+    .await;
+    assert!(text.starts_with("connection  direction"), "{text}");
+    assert!(
+        text.contains("(not sent)") && text.contains("PAYLOAD_VALIDATION_FAILED"),
+        "{text}"
+    );
+
+    // states, with direction
+    let (text, _) = ask(Question::States, true).await;
+    let rows: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let states: Vec<(String, String, i64)> = rows
+        .iter()
+        .map(|r| {
+            assert_eq!(r["direction"], "segment_to_iterable");
+            (
+                r["connection"].as_str().unwrap().into(),
+                r["state"].as_str().unwrap().into(),
+                r["events"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let want = |s: &str| ("shop".to_string(), s.to_string(), 1);
+    assert_eq!(
+        states,
+        vec![
+            want("dead"),
+            want("delivered"),
+            want("failed"),
+            want("pending")
+        ]
+    );
+
+    // backlog
+    let (text, _) = ask(Question::Backlog, false).await;
+    assert!(
+        text.contains("shop") && text.contains("segment_to_iterable"),
+        "{text}"
+    );
+    let (text, _) = ask(Question::Backlog, true).await;
+    let rows: Vec<Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (
+            rows[0]["events"].as_i64(),
+            rows[0]["waiting_to_retry"].as_i64()
+        ),
+        (Some(1), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn the_backlog_gauges_show_each_connections_waiting_events_and_their_age() {
+    // Arrange: two waiting events of a connection named for this test only (the recorder is
+    // process-wide), the older received 2 minutes ago; nothing for a second connection.
+    let h = Harness::start().await;
+    h.insert(&[track("g-1", "ann", "A"), track("g-2", "bob", "B")])
+        .await;
+    sqlx::query("UPDATE event SET connection = 'gauges', received_at = received_at - interval '2 minutes' WHERE message_id = 'g-1'")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE event SET connection = 'gauges' WHERE message_id = 'g-2'")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    let handle = gateway::telemetry::metrics_handle();
+    let mut sampler =
+        gateway::telemetry::BacklogSampler::new(["gauges".to_string(), "gauges-idle".to_string()]);
+
+    // Act
+    sampler.sample(&h.pool).await.unwrap();
+    let text = handle.render();
+
+    // Assert
+    let value = |name: &str, conn: &str, dir: &str| -> f64 {
+        let prefix = format!("{name}{{connection=\"{conn}\",direction=\"{dir}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{prefix} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    let s2i = "segment_to_iterable";
+    assert_eq!(value("gateway_backlog_events", "gauges", s2i), 2.0);
+    let age = value("gateway_oldest_pending_seconds", "gauges", s2i);
+    assert!((119.0..180.0).contains(&age), "{age}");
+    assert_eq!(value("gateway_backlog_events", "gauges-idle", s2i), 0.0);
+    assert_eq!(
+        value("gateway_backlog_events", "gauges", "iterable_to_segment"),
+        0.0
+    );
+    assert!(
+        text.contains("# HELP gateway_backlog_events Events waiting for delivery"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE gateway_oldest_pending_seconds gauge"),
+        "{text}"
+    );
+
+    // Delivered: the gauges go back to 0.
+    sqlx::query("UPDATE event SET state = 'delivered' WHERE connection = 'gauges'")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    sampler.sample(&h.pool).await.unwrap();
+    let text = handle.render();
+    let again = |name: &str| {
+        text.lines()
+            .any(|l| l == format!("{name}{{connection=\"gauges\",direction=\"{s2i}\"}} 0"))
+    };
+    assert!(
+        again("gateway_backlog_events") && again("gateway_oldest_pending_seconds"),
+        "{text}"
+    );
+}
