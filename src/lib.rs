@@ -23,3 +23,4 @@ pub mod ops;
 pub mod segment;
 pub mod startup;
 pub mod telemetry;
+pub mod ui;

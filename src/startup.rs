@@ -67,6 +67,7 @@ impl Application {
                 .route("/healthz", web::get().to(ops::healthz))
                 .route("/readyz", web::get().to(ops::readyz))
                 .route("/metrics", web::get().to(ops::metrics))
+                .configure(crate::ui::routes)
                 .default_service(web::to(|| async {
                     HttpResponse::NotFound().json(serde_json::json!({
                         "success": false, "code": "not_found", "message": "no such route"

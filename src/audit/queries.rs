@@ -122,13 +122,18 @@ pub async fn events_by_message_id(
     .await
 }
 
-/// A user's events, newest first: by user key (userId, else anonymousId; Iterable's email or
-/// userId), or by email wherever the event keeps it.
+/// The user keys a search term can be: ingest keys events `u:<userId>`, `a:<anonymousId>` or
+/// `e:<email>` (the raw term too, for keys written otherwise).
+pub const USER_KEYS: &str = "ARRAY['u:' || $1, 'a:' || $1, 'e:' || $1, 'e:' || lower($1), $1]";
+
+/// A user's events, newest first: by user key (userId, anonymousId, email), or by email
+/// wherever the event keeps it.
 pub async fn events_by_user(pool: &PgPool, user: &str) -> Result<Vec<EventRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {EVENT_COLUMNS} FROM event e
          WHERE e.id IN (
-             (SELECT id FROM event WHERE user_key = $1 ORDER BY received_at DESC LIMIT $2)
+             (SELECT id FROM event WHERE user_key = ANY ({USER_KEYS})
+              ORDER BY received_at DESC LIMIT $2)
              UNION
              (SELECT id FROM event WHERE gateway_event_email(payload) = lower($1)
               ORDER BY received_at DESC LIMIT $2))

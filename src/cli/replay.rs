@@ -124,7 +124,9 @@ const MATCHES: &str = "e.state = ANY ($1)
     AND ($5::timestamptz IS NULL OR e.received_at >= $5)
     AND ($6::timestamptz IS NULL OR e.received_at < $6)
     AND (cardinality($7::text[]) = 0 OR e.message_id = ANY ($7))
-    AND ($8::text IS NULL OR e.user_key = $8 OR gateway_event_email(e.payload) = lower($8))";
+    AND ($8::text IS NULL
+         OR e.user_key = ANY (ARRAY['u:' || $8, 'a:' || $8, 'e:' || $8, 'e:' || lower($8), $8])
+         OR gateway_event_email(e.payload) = lower($8))";
 
 fn bind<'q, O>(
     q: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,

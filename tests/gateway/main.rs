@@ -14,3 +14,4 @@ mod operate;
 mod oracle_probes;
 mod properties;
 mod segment_delivery;
+mod ui;
