@@ -198,3 +198,67 @@ impl BacklogSampler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every metric the alert rules and the dashboard read is one this process describes.
+    #[test]
+    fn the_alerts_and_the_dashboard_read_only_described_metrics() {
+        let source = include_str!("telemetry.rs");
+        let described = |name: &str| source.contains(&format!("\n        \"{name}\","));
+        let re = regex::Regex::new(r"gateway_[a-z_]+").unwrap();
+        for (file, text) in [
+            ("alerts.yml", include_str!("../ops/prometheus/alerts.yml")),
+            (
+                "gateway-dashboard.json",
+                include_str!("../ops/grafana/gateway-dashboard.json"),
+            ),
+        ] {
+            let names: BTreeSet<&str> = re
+                .find_iter(text)
+                .map(|m| m.as_str())
+                .map(|n| n.trim_end_matches("_bucket"))
+                .filter(|n| !matches!(*n, "gateway_audit" | "gateway_"))
+                .collect();
+            assert!(names.len() >= 5, "{file}: {names:?}");
+            for n in names {
+                assert!(
+                    described(n),
+                    "{file} reads {n}, which telemetry.rs does not describe"
+                );
+            }
+        }
+        serde_json::from_str::<serde_json::Value>(include_str!(
+            "../ops/grafana/gateway-dashboard.json"
+        ))
+        .expect("the dashboard is JSON");
+    }
+
+    #[test]
+    fn histograms_have_buckets_that_fit_what_they_count_and_every_metric_has_help() {
+        let handle = metrics_handle();
+        metrics::histogram!("gateway_group_commit_requests").record(3.0);
+        metrics::histogram!("gateway_delivery_request_seconds", "endpoint" => "/t").record(0.004);
+        let text = handle.render();
+        assert!(
+            text.contains("gateway_group_commit_requests_bucket{le=\"5\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("gateway_group_commit_requests_bucket{le=\"0.005\"}"));
+        assert!(
+            text.contains(
+                "gateway_delivery_request_seconds_bucket{endpoint=\"/t\",le=\"0.005\"} 1"
+            ),
+            "{text}"
+        );
+        for name in [
+            "gateway_group_commit_requests",
+            "gateway_delivery_request_seconds",
+        ] {
+            assert!(text.contains(&format!("# HELP {name} ")), "{text}");
+            assert!(text.contains(&format!("# TYPE {name} histogram")), "{text}");
+        }
+    }
+}

@@ -90,7 +90,10 @@ async fn the_page_needs_the_token_and_escapes_every_value_of_an_event() {
     let body = r.text().await.unwrap();
     assert!(body.contains("<h3>shop</h3>"), "the connection's charts");
     assert!(body.contains("<svg class=\"chart\""), "inline SVG charts");
-    assert!(body.contains("last hour: 3 in (bars), 2 out (line)"), "{body}");
+    assert!(
+        body.contains("last hour: 3 in (bars), 2 out (line)"),
+        "{body}"
+    );
     assert!(
         body.contains("PAYLOAD_VALIDATION_FAILED"),
         "failures by reason"

@@ -177,7 +177,7 @@ async fn attempt(
     metrics::counter!("gateway_delivery_attempts_total", "endpoint" => path, "outcome" => outcome)
         .increment(1);
     if let Some(error) = &verdicts.error {
-        tracing::warn!(endpoint = path, outcome, events = event_ids.len(), %error, "Iterable did not take every event.");
+        tracing::warn!(connection = %request.conn.name, direction = "segment_to_iterable", endpoint = path, outcome, events = event_ids.len(), %error, "Iterable did not take every event.");
     }
     Ok(verdicts)
 }
