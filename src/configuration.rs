@@ -554,12 +554,12 @@ mod tests {
     #[test]
     fn overrides_alone_work_from_anywhere_and_say_where_each_value_came_from() {
         // Only the keys that change; no default.toml in the directory.
-        let (sources, _dir) = sources(
+        let (overrides, _dir) = sources(
             &[("local.toml", "[application]\nport = 9001\n[[connections]]\nname = \"shop\"\niterable_api_key_env = \"SHOP_KEY\"\n")],
             "local",
             &[("GATEWAY__CONNECTIONS__0__WRITE_KEY", "12345"), ("SHOP_KEY", "it-key"), ("GATEWAY__DATABASE__MAX_CONNECTIONS", "4")],
         );
-        let (s, layered) = Settings::load_layered(&sources).unwrap();
+        let (s, layered) = Settings::load_layered(&overrides).unwrap();
         assert_eq!(s.application.port, 9001);
         assert_eq!(s.database.max_connections, 4);
         assert_eq!(
@@ -604,5 +604,13 @@ mod tests {
         .unwrap();
         assert_eq!(s.application.port, 8080);
         assert_eq!(s.connections[0].name, "demo");
+        // A variable a *_env key names is not a misspelled key, whatever it looks like.
+        let (named, _dir) = sources(
+            &[("local.toml", "[ui]\ntoken_env = \"GATEWAY_UI_TOKEN\"\n")],
+            "local",
+            &[("GATEWAY_UI_TOKEN", "t0ken")],
+        );
+        let ui = Settings::load_from(&named).unwrap().ui;
+        assert_eq!(secret(&ui.token), Some("t0ken"));
     }
 }

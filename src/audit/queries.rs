@@ -126,13 +126,20 @@ pub async fn events_by_message_id(
 /// `e:<email>` (the raw term too, for keys written otherwise).
 pub const USER_KEYS: &str = "ARRAY['u:' || $1, 'a:' || $1, 'e:' || $1, 'e:' || lower($1), $1]";
 
-/// A user's events, newest first: by user key (userId, anonymousId, email), or by email
-/// wherever the event keeps it.
+/// A user's events, newest first: by user key (userId, anonymousId, email), by email wherever
+/// the event keeps it, and the other events of the users that email belongs to (a track call
+/// often carries only the userId its identify call tied to the email).
 pub async fn events_by_user(pool: &PgPool, user: &str) -> Result<Vec<EventRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {EVENT_COLUMNS} FROM event e
+        "WITH keys AS (
+             SELECT unnest({USER_KEYS}) AS k
+             UNION
+             SELECT user_key FROM (
+                 SELECT user_key FROM event WHERE gateway_event_email(payload) = lower($1)
+                 ORDER BY received_at DESC LIMIT 50) by_email)
+         SELECT {EVENT_COLUMNS} FROM event e
          WHERE e.id IN (
-             (SELECT id FROM event WHERE user_key = ANY ({USER_KEYS})
+             (SELECT id FROM event WHERE user_key IN (SELECT k FROM keys)
               ORDER BY received_at DESC LIMIT $2)
              UNION
              (SELECT id FROM event WHERE gateway_event_email(payload) = lower($1)

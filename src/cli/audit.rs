@@ -271,9 +271,9 @@ fn event_text(e: &EventRow, attempts: &[AttemptRow]) -> String {
     ]);
     for a in attempts {
         let answer = a
-            .error
+            .response_body
             .as_deref()
-            .or(a.response_body.as_deref())
+            .or(a.error.as_deref())
             .unwrap_or(if a.dry_run { "(dry run: not sent)" } else { "" });
         t.row(vec![
             format!("  {}", a.attempt),

@@ -67,11 +67,14 @@ fn leaves(v: &Value, path: &str, layered: &Layered, out: &mut Vec<(String, Value
             }
         }
         Value::Null => {}
-        other => out.push((
-            path.to_string(),
-            other.clone(),
-            layered.origin(path).to_string(),
-        )),
+        other => {
+            // A key no source wrote (a connection's serde default) is a default.
+            let source = match layered.tree_value(path) {
+                Some(_) => layered.origin(path).to_string(),
+                None => "default".to_string(),
+            };
+            out.push((path.to_string(), other.clone(), source))
+        }
     }
 }
 

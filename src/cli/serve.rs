@@ -16,7 +16,7 @@ pub struct ConfigArgs {
     /// A directory of overlays (`<GATEWAY_ENVIRONMENT>.toml`, default `local`) or one .toml file.
     /// The defaults are built in, so it holds only the keys you change. Default: ./config when it
     /// exists.
-    #[arg(long, env = "GATEWAY_CONFIG_DIR")]
+    #[arg(long, env = "GATEWAY_CONFIG_DIR", global = true)]
     pub config: Option<PathBuf>,
 }
 
@@ -159,8 +159,8 @@ pub fn run_serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         ));
         tracing::info!(
             address = %format!("http://{}:{}", settings.application.host, app.port()),
-            mode = settings.delivery.mode.as_str(),
-            ui = if settings.ui.token.is_some() { "/ui" } else { "off" },
+            mode = %settings.delivery.mode.as_str(),
+            ui = %if settings.ui.token.is_some() { "/ui" } else { "off" },
             connections = settings.connections.len(),
             "The gateway is listening."
         );

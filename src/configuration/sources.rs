@@ -82,7 +82,7 @@ impl Layered {
 pub fn load(sources: &Sources) -> Result<(Settings, Layered), ConfigError> {
     let layered = merge_sources(sources)?;
     let mut errors = unknown_keys(&layered);
-    errors.extend(misspelled_variables(sources));
+    errors.extend(misspelled_variables(sources, &layered.tree));
     if !errors.is_empty() {
         return Err(ConfigError::Invalid(errors.join("\n")));
     }
@@ -103,7 +103,8 @@ pub fn load(sources: &Sources) -> Result<(Settings, Layered), ConfigError> {
 }
 
 impl Layered {
-    fn tree_value(&self, path: &str) -> Option<&Value> {
+    /// The value at a dotted path of the merged tree (`None`: no source set it).
+    pub fn tree_value(&self, path: &str) -> Option<&Value> {
         let mut v = &self.tree;
         for seg in path.split('.').filter(|s| !s.is_empty()) {
             v = match v {
@@ -482,15 +483,34 @@ pub(crate) fn nearest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
         .map(|(_, k)| k)
 }
 
+/// The variables `*_env` keys name (`token_env = "GATEWAY_UI_TOKEN"`).
+fn named_by_env_keys(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match v {
+                    Value::String(name) if k.ends_with("_env") => out.push(name.clone()),
+                    other => named_by_env_keys(other, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| named_by_env_keys(v, out)),
+        _ => {}
+    }
+}
+
 /// `GATEWAY_APPLICATION_PORT` (one underscore) looks like a key but is not read: refused, with
-/// the spelling that works. Other `GATEWAY_*` variables (secrets named by `*_env` keys) pass.
-fn misspelled_variables(sources: &Sources) -> Vec<String> {
+/// the spelling that works. Other `GATEWAY_*` variables pass, and so does any variable a `*_env`
+/// key names, whatever it looks like.
+fn misspelled_variables(sources: &Sources, tree: &Value) -> Vec<String> {
+    let mut named = Vec::new();
+    named_by_env_keys(tree, &mut named);
     let mut errors = Vec::new();
     for (name, _) in &sources.vars {
         let Some(rest) = name.strip_prefix("GATEWAY_") else {
             continue;
         };
-        if rest.starts_with('_') || OWN_VARIABLES.contains(&name.as_str()) {
+        if rest.starts_with('_') || OWN_VARIABLES.contains(&name.as_str()) || named.contains(name) {
             continue;
         }
         let lower = rest.to_ascii_lowercase();
