@@ -48,9 +48,7 @@ where
         migrate(&pool).await?;
         let result = f(pool.clone()).await;
         pool.close().await;
-        if let Some(cluster) = own {
-            cluster.stop()?;
-        }
+        release(own, settings)?;
         result
     })
 }
@@ -113,6 +111,23 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<(PgPool, Option<Loca
     Ok((pool, own))
 }
 
+/// Stops the own cluster if this process started it, and says so; says so too when it stays
+/// running because it was running before (e.g. after the gateway was killed with kill -9).
+fn release(own: Option<LocalCluster>, settings: &Settings) -> anyhow::Result<()> {
+    match own {
+        Some(cluster) => {
+            cluster.stop()?;
+            tracing::info!(dir = %cluster.dir().display(), "Stopped the gateway's own PostgreSQL.");
+        }
+        None if settings.database.url.is_none() => tracing::info!(
+            dir = %settings.database.dir.display(),
+            "Left the gateway's own PostgreSQL running: it was running before this gateway started (stop it with pg_ctl -D <dir> stop)."
+        ),
+        None => {}
+    }
+    Ok(())
+}
+
 pub fn run_migrate(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     let settings = args.load()?;
     crate::telemetry::init_logs(settings.application.log_format);
@@ -121,9 +136,7 @@ pub fn run_migrate(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         migrate(&pool).await?;
         println!("migrations applied");
         pool.close().await;
-        if let Some(cluster) = own {
-            cluster.stop()?;
-        }
+        release(own, &settings)?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -177,17 +190,7 @@ pub fn run_serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
             let _ = sampler.await;
         }
         pool.close().await;
-        match own {
-            Some(cluster) => {
-                cluster.stop()?;
-                tracing::info!(dir = %cluster.dir().display(), "Stopped the gateway's own PostgreSQL.");
-            }
-            None if settings.database.url.is_none() => tracing::info!(
-                dir = %settings.database.dir.display(),
-                "Left the gateway's own PostgreSQL running: it was running before this gateway started (stop it with pg_ctl -D <dir> stop)."
-            ),
-            None => {}
-        }
+        release(own, &settings)?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -434,3 +434,73 @@ async fn the_backlog_gauges_show_each_connections_waiting_events_and_their_age()
         "{text}"
     );
 }
+
+/// `gateway migrate` with its own cluster says, in one line each, that it created and started it
+/// and stopped it again; with a cluster already running, that it reused it and left it running.
+/// Logs on a pipe carry no colour codes.
+#[test]
+fn the_own_cluster_says_whether_it_was_created_started_reused_or_left_running() {
+    let work = tempfile::tempdir().unwrap();
+    let pg = work.path().join("pg");
+    std::fs::write(
+        work.path().join("local.toml"),
+        format!(
+            "[database]\ndir = {:?}\nport = 0\n",
+            pg.display().to_string()
+        ),
+    )
+    .unwrap();
+    let migrate = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["migrate", "--config", work.path().to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .env_remove("GATEWAY_ENVIRONMENT")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let first = migrate();
+    assert!(!first.contains('\u{1b}'), "no ANSI on a pipe: {first:?}");
+    assert_eq!(
+        first
+            .matches("Created and started the gateway's own PostgreSQL.")
+            .count(),
+        1,
+        "{first}"
+    );
+    assert_eq!(
+        first
+            .matches("Stopped the gateway's own PostgreSQL.")
+            .count(),
+        1,
+        "{first}"
+    );
+    assert!(
+        !first.contains("_sqlx_migrations"),
+        "PostgreSQL's notices are quiet: {first}"
+    );
+    let second = migrate();
+    assert!(
+        second.contains("Started the gateway's own PostgreSQL."),
+        "{second}"
+    );
+    assert!(!second.contains("Created"), "{second}");
+    // Running before (as after a kill -9 of the gateway): reused, and left running.
+    let cluster = gateway::database::LocalCluster::ensure(&pg, None).unwrap();
+    let third = migrate();
+    cluster.stop().unwrap();
+    assert!(
+        third.contains("Reusing the gateway's own PostgreSQL, already running"),
+        "{third}"
+    );
+    assert!(
+        third.contains("Left the gateway's own PostgreSQL running"),
+        "{third}"
+    );
+    assert!(!third.contains("Stopped"), "{third}");
+}
