@@ -69,9 +69,11 @@ fn leaves(v: &Value, path: &str, layered: &Layered, out: &mut Vec<(String, Value
         Value::Null => {}
         other => {
             // A key no source wrote (a connection's serde default) is a default.
-            let source = match layered.tree_value(path) {
-                Some(_) => layered.origin(path).to_string(),
-                None => "default".to_string(),
+            let source = if layered.origins.contains_key(path) || layered.tree_value(path).is_some()
+            {
+                layered.origin(path).to_string()
+            } else {
+                "default".to_string()
             };
             out.push((path.to_string(), other.clone(), source))
         }
