@@ -504,3 +504,132 @@ fn the_own_cluster_says_whether_it_was_created_started_reused_or_left_running() 
     );
     assert!(!third.contains("Stopped"), "{third}");
 }
+
+/// The `gateway replay` and `gateway audit` binaries against a gateway's database: the dry run
+/// changes nothing, a large set without a terminal is refused unless --yes, and the replay is
+/// recorded once.
+#[tokio::test]
+async fn the_replay_command_asks_before_large_sets_and_refuses_without_a_terminal() {
+    let app = crate::app::spawn_app().await;
+    let batch: Vec<Value> = (1..=3)
+        .map(|i| json!({"type": "track", "event": "X", "anonymousId": format!("a-{i}"), "messageId": format!("r-{i}")}))
+        .collect();
+    assert_eq!(
+        app.post_v1("batch", &json!({"batch": batch}))
+            .await
+            .status(),
+        200
+    );
+    app.drain_until_settled().await;
+    let overrides = tempfile::tempdir().unwrap();
+    let url = app.db.url();
+    let gateway = move |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(args)
+            .args(["--config", overrides.path().to_str().unwrap()])
+            .env("GATEWAY__DATABASE__URL", &url)
+            .env_remove("GATEWAY_ENVIRONMENT")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let replays = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM replay")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    let reason = ["--reason", "PAYLOAD_VALIDATION_FAILED"];
+
+    let (code, out, err) = gateway(&[&["replay", "--dry-run", "--json"][..], &reason].concat());
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["dry_run"].as_bool(), v["events"].as_i64()),
+        (Some(true), Some(3))
+    );
+    assert_eq!(v["first"][0]["message_id"], "r-1");
+
+    let (code, _, err) = gateway(&[&["replay", "--confirm-above", "2"][..], &reason].concat());
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains(
+            "3 events match, more than --confirm-above 2; without a terminal to ask, pass --yes"
+        ),
+        "{err}"
+    );
+    assert_eq!(replays().await, 0, "nothing replayed");
+
+    let (code, out, err) =
+        gateway(&[&["replay", "--confirm-above", "2", "--yes"][..], &reason].concat());
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.starts_with("replay 1: 3 events back to pending"),
+        "{out}"
+    );
+    assert_eq!(replays().await, 1);
+
+    let (code, out, _) = gateway(&["audit", "event", "r-2", "--json"]);
+    assert_eq!(code, Some(0));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["event"]["state"], "pending");
+    assert_eq!(v[0]["replays"][0]["id"], 1);
+    let (code, out, _) = gateway(&["audit", "event", "nope"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(1), "no event has messageId \"nope\"\n")
+    );
+}
+
+/// The defaults are in the binary: from a directory without `config/`, `gateway config` works
+/// (so does `serve`), and a variable still overrides them.
+#[test]
+fn the_configuration_loads_from_any_directory() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("config")
+        .current_dir(elsewhere.path())
+        .env_remove("GATEWAY_CONFIG_DIR")
+        .env_remove("GATEWAY_ENVIRONMENT")
+        .env("GATEWAY__APPLICATION__PORT", "9001")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("# environment \"local\", configuration built-in defaults only"),
+        "{stdout}"
+    );
+    let line = |key: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line("application.port = 9001").ends_with("# env GATEWAY__APPLICATION__PORT"),
+        "{stdout}"
+    );
+    assert!(
+        line("application.host = \"127.0.0.1\"").ends_with("# default"),
+        "{stdout}"
+    );
+    assert!(
+        line("connections.0.write_key = \"<redacted>\"").ends_with("# default"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("demo-write-key"),
+        "secrets are redacted: {stdout}"
+    );
+}
