@@ -5,7 +5,7 @@
 //! `dataCenterLocation`), the classic page settings (`map_pages_to_single_event`, ...), and the
 //! gateway's options. Unknown keys are errors, so that a typo does not silently change nothing.
 
-use super::actions::{Action, ListsFlavor};
+use super::actions::{Action, ListsFlavor, PushOptions};
 use super::fql::Trigger;
 use super::kit::Mapping;
 use super::page::PageOptions;
@@ -35,8 +35,11 @@ pub struct Destination {
     pub data_center: DataCenter,
     pub page: PageOptions,
     pub lists_flavor: ListsFlavor,
-    /// `iterableProjectType = "userId"` (list actions).
+    /// `iterableProjectType = "userId"` (list actions; the token and subscription actions
+    /// then identify users by userId first).
     pub user_id_project: bool,
+    /// The token actions' settings.
+    pub push: PushOptions,
 }
 
 /// A setting or subscription that cannot be used, and why.
@@ -58,7 +61,8 @@ pub enum ConfigError {
 
 const KNOWN: &str = "apiKey, dataCenterLocation, map_pages_to_single_event, track_all_pages, \
 track_categorized_pages, track_named_pages, pageCalls, cartEvents, aliasToUpdateEmail, syncLists, \
-listsDestination, iterableProjectType, subscriptions";
+listsDestination, iterableProjectType, pushTokens, pushApplicationName, apnsSandbox, \
+pushTokenWindowHours, updateSubscriptions, subscriptions";
 
 impl Default for Destination {
     fn default() -> Self {
@@ -143,6 +147,12 @@ impl Destination {
                 if boolean("syncLists", false)? {
                     sets.push("lists");
                 }
+                if boolean("pushTokens", false)? {
+                    sets.push("push_tokens");
+                }
+                if boolean("updateSubscriptions", false)? {
+                    sets.push("subscription_preferences");
+                }
                 let mut out = Vec::new();
                 for set in sets {
                     for v in PRESETS["subscriptions"][set]
@@ -156,7 +166,25 @@ impl Destination {
                 out
             }
         };
+        let window_hours = match s.get("pushTokenWindowHours") {
+            None | Some(Value::Null) => 24.0,
+            Some(Value::Number(n)) if n.as_f64().is_some_and(|h| h >= 0.0) => {
+                n.as_f64().unwrap_or(24.0)
+            }
+            Some(_) => {
+                return Err(ConfigError::WrongType {
+                    key: "pushTokenWindowHours".into(),
+                    expected: "a number of hours, 0 or more",
+                })
+            }
+        };
+        let push = PushOptions {
+            application_name: string("pushApplicationName")?.map(str::to_string),
+            apns_sandbox: boolean("apnsSandbox", false)?,
+            window_secs: (window_hours * 3600.0).round() as u64,
+        };
         Ok(Destination {
+            push,
             subscriptions,
             data_center: DataCenter::from_setting(string("dataCenterLocation")?),
             page,
@@ -214,7 +242,7 @@ fn compile_subscription(
         .ok_or_else(|| err("\"action\" is required".into()))?;
     let action = Action::parse(action_name).ok_or_else(|| {
         err(format!(
-            "unknown action {action_name:?} (use updateUser, trackEvent, updateCart, trackPurchase, updateEmail or syncAudience)"
+            "unknown action {action_name:?} (use updateUser, trackEvent, updateCart, trackPurchase, updateEmail, syncAudience, registerDeviceToken, registerBrowserToken or updateSubscriptions)"
         ))
     })?;
     // `mapping` replaces the defaults, as a mapping pasted from Segment's UI does;
