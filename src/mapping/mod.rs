@@ -177,12 +177,8 @@ impl Destination {
             Action::RegisterDeviceToken => {
                 register_token::perform_device(payload, &self.context(event, now_ms))
             }
-            Action::RegisterBrowserToken => {
-                register_token::perform_browser(payload, &self.context(event, now_ms))
-            }
-            Action::UpdateSubscriptions => {
-                update_subscriptions::perform(payload, &self.context(event, now_ms))
-            }
+            Action::RegisterBrowserToken => register_token::perform_browser(payload),
+            Action::UpdateSubscriptions => update_subscriptions::perform(payload),
         }
     }
 

@@ -35,8 +35,7 @@ pub struct Destination {
     pub data_center: DataCenter,
     pub page: PageOptions,
     pub lists_flavor: ListsFlavor,
-    /// `iterableProjectType = "userId"` (list actions; the token and subscription actions
-    /// then identify users by userId first).
+    /// `iterableProjectType = "userId"` (list actions).
     pub user_id_project: bool,
     /// The token actions' settings.
     pub push: PushOptions,

@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-fn gateway_map(args: &[&str], input: &str) -> (Vec<Value>, String, bool) {
+pub fn gateway_map(args: &[&str], input: &str) -> (Vec<Value>, String, bool) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .arg("map")
         .args(args)

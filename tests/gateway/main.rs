@@ -13,3 +13,5 @@ mod mapping_vectors;
 mod oracle_probes;
 mod properties;
 mod segment_delivery;
+mod tokens_and_subscriptions;
+mod webhook_types;

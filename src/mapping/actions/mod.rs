@@ -170,23 +170,17 @@ impl Default for PushOptions {
 }
 
 /// The one identifier the user endpoints that want "an email or a userId (but not both)" get:
-/// the email, unless the project identifies users by userId (`iterableProjectType = "userId"`)
-/// or there is no email.
+/// the userId when the event has one, else the email. userId first, because it is the one
+/// every event of a known user carries (an identify has the email in traits, a later track
+/// often has none), so a user's token registrations always name the user the same way and
+/// their once-per-window key (`register_token::once_key`) is the same.
 pub(crate) fn one_identity(
     payload: &Map<String, Value>,
-    user_id_project: bool,
 ) -> Result<(&'static str, Value), ActionError> {
     let get = |k: &str| payload.get(k).filter(|v| js::truthy(v)).cloned();
-    let (email, user_id) = (get("email"), get("userId"));
-    let choice = if user_id_project {
-        user_id
-            .map(|u| ("userId", u))
-            .or(email.map(|e| ("email", e)))
-    } else {
-        email
-            .map(|e| ("email", e))
-            .or(user_id.map(|u| ("userId", u)))
-    };
+    let choice = get("userId")
+        .map(|u| ("userId", u))
+        .or_else(|| get("email").map(|e| ("email", e)));
     choice.ok_or_else(|| ActionError::validation("Must include email or userId."))
 }
 

@@ -13,7 +13,8 @@
 //!
 //! `applicationName` is the mapped value (`context.app.namespace`), else the
 //! `pushApplicationName` setting. The user is identified by one identifier (Iterable: "an email
-//! or a userId, but not both"): see [`super::one_identity`].
+//! or a userId, but not both"): the userId when the event has one, else the email
+//! ([`super::one_identity`]).
 
 use super::{one_identity, ActionError, Context, PlannedRequest};
 use crate::iterable::api::Endpoint;
@@ -120,7 +121,7 @@ pub fn perform_device(
     payload: Map<String, Value>,
     ctx: &Context<'_>,
 ) -> Result<Vec<PlannedRequest>, ActionError> {
-    let (id_key, id) = one_identity(&payload, ctx.user_id_project)?;
+    let (id_key, id) = one_identity(&payload)?;
     let platform = platform(&payload, ctx.push.apns_sandbox)?;
     let application_name = text(&payload, "applicationName")
         .map(str::to_string)
@@ -151,11 +152,8 @@ pub fn perform_device(
     }])
 }
 
-pub fn perform_browser(
-    payload: Map<String, Value>,
-    ctx: &Context<'_>,
-) -> Result<Vec<PlannedRequest>, ActionError> {
-    let (id_key, id) = one_identity(&payload, ctx.user_id_project)?;
+pub fn perform_browser(payload: Map<String, Value>) -> Result<Vec<PlannedRequest>, ActionError> {
+    let (id_key, id) = one_identity(&payload)?;
     let mut body = Map::new();
     body.insert(id_key.into(), id);
     body.insert("browserToken".into(), payload["browserToken"].clone());

@@ -8,7 +8,7 @@
 //! produced: a field the event does not carry (or carries as `null`) is left out, never sent
 //! as an empty array.
 
-use super::{one_identity, ActionError, Context, PlannedRequest};
+use super::{one_identity, ActionError, PlannedRequest};
 use crate::iterable::api::Endpoint;
 use crate::mapping::schema::{root, Schema, Ty};
 use serde_json::{Map, Value};
@@ -55,11 +55,8 @@ pub static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     )
 });
 
-pub fn perform(
-    payload: Map<String, Value>,
-    ctx: &Context<'_>,
-) -> Result<Vec<PlannedRequest>, ActionError> {
-    let (id_key, id) = one_identity(&payload, ctx.user_id_project)?;
+pub fn perform(payload: Map<String, Value>) -> Result<Vec<PlannedRequest>, ActionError> {
+    let (id_key, id) = one_identity(&payload)?;
     if !ID_LISTS.iter().any(|k| payload.contains_key(*k)) {
         return Err(ActionError::validation(format!(
             "Nothing to update: the mapping produced none of {}.",
