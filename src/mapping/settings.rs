@@ -318,5 +318,40 @@ mod tests {
             {"trigger": "type = \"track\"", "action": "sendSms"}]}))
         .unwrap_err();
         assert!(e.to_string().contains("unknown action \"sendSms\""), "{e}");
+        let e = Destination::from_settings(&json!({"pushTokenWindowHours": -1})).unwrap_err();
+        assert!(e.to_string().contains("pushTokenWindowHours"), "{e}");
+        let e = Destination::from_settings(&json!({"pushTokens": "yes"})).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("\"pushTokens\" must be true or false"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_token_and_subscription_presets_are_off_until_turned_on() {
+        let names = |s: Value| -> Vec<String> {
+            let d = Destination::from_settings(&s).unwrap();
+            d.subscriptions.into_iter().map(|s| s.name).collect()
+        };
+        assert_eq!(names(json!({})).len(), 5);
+        let on = names(json!({"pushTokens": true, "updateSubscriptions": true}));
+        assert_eq!(
+            on[5..],
+            [
+                "Device Tokens",
+                "Browser Tokens",
+                "Subscription Preferences"
+            ]
+        );
+        let d = Destination::from_settings(&json!({"pushTokenWindowHours": 1.5, "apnsSandbox": true, "pushApplicationName": "app"})).unwrap();
+        assert_eq!(
+            d.push,
+            PushOptions {
+                application_name: Some("app".into()),
+                apns_sandbox: true,
+                window_secs: 5400
+            }
+        );
     }
 }

@@ -323,3 +323,35 @@ fn gateway_map_update_subscriptions_fields_coercion_and_errors() {
         .unwrap()
         .starts_with("Nothing to update"));
 }
+
+#[tokio::test]
+async fn a_dry_run_neither_reads_nor_writes_the_once_keys() {
+    let app = spawn_app_with(|s| {
+        s.delivery.mode = gateway::configuration::DeliveryMode::DryRun;
+        s.connections[0].settings = json!({"pushTokens": true}).as_object().unwrap().clone();
+    })
+    .await;
+    for m in ["d-1", "d-2"] {
+        send(&app, "identify", &ios_identify(m)).await;
+    }
+    let planned: Vec<String> =
+        sqlx::query_scalar("SELECT endpoint FROM delivery_attempt WHERE dry_run ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        planned,
+        [
+            "/api/users/bulkUpdate",
+            "/api/users/registerDeviceToken",
+            "/api/users/bulkUpdate",
+            "/api/users/registerDeviceToken"
+        ]
+    );
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM sent_once")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 0);
+    assert!(app.iterable.received_requests().await.unwrap().is_empty());
+}
