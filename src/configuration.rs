@@ -197,6 +197,10 @@ pub struct ConnectionSettings {
     /// Iterable eventName → Segment event name, over the default table (case-insensitive).
     #[serde(default)]
     pub event_names: serde_json::Map<String, serde_json::Value>,
+    /// Segment event name of Journey webhooks (bodies without eventName); default
+    /// "Journey Webhook", "" refuses them.
+    #[serde(default)]
+    pub journey_event_name: Option<String>,
 }
 
 fn default_region() -> String {

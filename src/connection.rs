@@ -27,7 +27,8 @@ impl Connections {
             .iter()
             .map(|c| {
                 let destination = c.destination().map_err(anyhow::Error::msg)?;
-                let event_names = EventNames::with_overrides(&c.event_names);
+                let event_names = EventNames::with_overrides(&c.event_names)
+                    .with_journey_name(c.journey_event_name.as_deref());
                 Ok(Connection {
                     settings: c.clone(),
                     destination,

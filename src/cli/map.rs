@@ -24,7 +24,8 @@ pub struct MapArgs {
     #[arg(long)]
     pub batch: bool,
     /// What the input lines are: Segment events (default) or Iterable webhook bodies (then the
-    /// output is the Segment batch each becomes; settings: segmentRegion, eventNames).
+    /// output is the Segment batch each becomes; settings: segmentRegion, eventNames,
+    /// journeyEventName).
     #[arg(long, value_parser = ["segment", "iterable"], default_value = "segment")]
     pub from: String,
     /// "Now" for createdAt defaults: RFC 3339 or Unix milliseconds (default: the clock).
@@ -66,13 +67,15 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
 
 /// `--from iterable`: each line is an Iterable webhook body; each output line is the Segment
 /// request it becomes (`POST {region}/v1/batch`). Settings: `segmentRegion` (`us`/`eu`),
-/// `segmentWriteKey` (only redacted), `eventNames` (overrides of the event-name table).
+/// `segmentWriteKey` (only redacted), `eventNames` (overrides of the event-name table),
+/// `journeyEventName` (the event name of Journey webhooks; `""` refuses them).
 fn run_from_iterable(settings: Map<String, Value>, now_ms: i64) -> anyhow::Result<ExitCode> {
     use crate::mapping::reverse::{split_body, to_segment_track, Context, EventNames};
     let names = match settings.get("eventNames") {
         Some(Value::Object(o)) => EventNames::with_overrides(o),
         _ => EventNames::with_overrides(&Map::new()),
-    };
+    }
+    .with_journey_name(settings.get("journeyEventName").and_then(Value::as_str));
     let host = match settings.get("segmentRegion").and_then(Value::as_str) {
         Some("eu") => "https://events.eu1.segmentapis.com",
         _ => "https://api.segment.io",
@@ -356,12 +359,18 @@ pub fn render_requests(
                     headers.insert("Api-Key".into(), json!("<redacted>"));
                 }
                 headers.insert("Content-Type".into(), json!("application/json"));
-                json!({
+                let mut request = json!({
                     "method": "POST",
                     "url": format!("{}{}", hosts.base(dest.data_center), r.endpoint.path()),
                     "headers": headers,
                     "body": r.body,
-                })
+                });
+                // Token registrations: the key the dispatcher sends once per window by.
+                if let Some(once) = dest.once_key(r) {
+                    request["sendOnce"] =
+                        json!({"key": once.key, "withinSeconds": once.window_secs});
+                }
+                request
             })
             .collect(),
     )

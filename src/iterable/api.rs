@@ -67,6 +67,12 @@ pub enum Endpoint {
     CommerceTrackPurchase,
     ListsSubscribe,
     ListsUnsubscribe,
+    /// `users/registerDeviceToken`: a mobile push token (APNS, APNS_SANDBOX, GCM).
+    UsersRegisterDeviceToken,
+    /// `users/registerBrowserToken`: a web push token.
+    UsersRegisterBrowserToken,
+    /// `users/updateSubscriptions`: overwrites each list of ids it is given.
+    UsersUpdateSubscriptions,
     Lists,
     Webhooks,
 }
@@ -83,6 +89,9 @@ impl Endpoint {
             Endpoint::CommerceTrackPurchase => "/api/commerce/trackPurchase",
             Endpoint::ListsSubscribe => "/api/lists/subscribe",
             Endpoint::ListsUnsubscribe => "/api/lists/unsubscribe",
+            Endpoint::UsersRegisterDeviceToken => "/api/users/registerDeviceToken",
+            Endpoint::UsersRegisterBrowserToken => "/api/users/registerBrowserToken",
+            Endpoint::UsersUpdateSubscriptions => "/api/users/updateSubscriptions",
             Endpoint::Lists => "/api/lists",
             Endpoint::Webhooks => "/api/webhooks",
         }

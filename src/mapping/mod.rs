@@ -15,7 +15,7 @@ pub mod reverse;
 pub mod schema;
 mod settings;
 
-pub use actions::{Action, ActionError, ListsFlavor, PlannedRequest};
+pub use actions::{Action, ActionError, ListsFlavor, PlannedRequest, PushOptions};
 pub use settings::{default_mapping, ConfigError, Destination, Subscription};
 
 use crate::segment::event::{CallType, SegmentEvent};
@@ -33,6 +33,15 @@ pub enum Outcome {
     Error { action: Action, error: ActionError },
     /// No request, and why.
     Skipped { reason: String },
+}
+
+/// A request to send at most once per `window_secs` for its connection (see
+/// [`Destination::once_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnceKey {
+    /// Deterministic, and no personal data: a UUID v5 of (endpoint, user, token, ...).
+    pub key: String,
+    pub window_secs: u64,
 }
 
 /// Whether payloads are prepared as `perform` (one event) or `performBatch` prepares them.
@@ -125,13 +134,28 @@ impl Destination {
         }
     }
 
-    fn context<'a>(&self, event: &'a Value, now_ms: i64) -> actions::Context<'a> {
+    fn context<'a>(&'a self, event: &'a Value, now_ms: i64) -> actions::Context<'a> {
         actions::Context {
             now_ms,
             event,
             flavor: self.lists_flavor,
             user_id_project: self.user_id_project,
+            push: &self.push,
         }
+    }
+
+    /// Whether a planned request is one to send at most once per window, and its key: a token
+    /// registration for the same (user, token) is not sent again within `pushTokenWindowHours`.
+    /// The dispatcher keeps the keys (mapping does no I/O): it skips a request whose key was
+    /// sent for this connection within `window_secs`, and records the key once it was.
+    pub fn once_key(&self, request: &PlannedRequest) -> Option<OnceKey> {
+        if self.push.window_secs == 0 {
+            return None;
+        }
+        actions::register_token::once_key(request).map(|key| OnceKey {
+            key,
+            window_secs: self.push.window_secs,
+        })
     }
 
     /// `perform` for one validated payload.
@@ -150,6 +174,11 @@ impl Destination {
             Action::TrackPurchase => track_purchase::perform(payload, now_ms),
             Action::UpdateEmail => update_email::perform(payload),
             Action::SyncAudience => sync_audience::perform(payload, &self.context(event, now_ms)),
+            Action::RegisterDeviceToken => {
+                register_token::perform_device(payload, &self.context(event, now_ms))
+            }
+            Action::RegisterBrowserToken => register_token::perform_browser(payload),
+            Action::UpdateSubscriptions => update_subscriptions::perform(payload),
         }
     }
 

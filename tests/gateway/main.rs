@@ -14,4 +14,6 @@ mod operate;
 mod oracle_probes;
 mod properties;
 mod segment_delivery;
+mod tokens_and_subscriptions;
 mod ui;
+mod webhook_types;

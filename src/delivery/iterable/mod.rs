@@ -9,6 +9,7 @@
 //! the end.
 
 mod answer;
+mod once;
 mod plan;
 mod requests;
 mod send;
@@ -52,8 +53,12 @@ pub async fn process(
             Planned::Done(settle) => settles.push(settle),
         }
     }
-
     let dry_run = settings.delivery.mode == DeliveryMode::DryRun;
+    // Token registrations already sent within their window are left out (issue 11); a dry
+    // run is never deduplicated against live delivery.
+    if !dry_run {
+        once::skip_repeats(pool, settings, clients, &mut jobs).await?;
+    }
     let policy = RetryPolicy::from_settings(&settings.delivery);
     let lease = Duration::from_secs(settings.delivery.lease_secs);
     // Rate limits and slow answers can make a batch outlast its lease: renew it meanwhile.
@@ -61,6 +66,9 @@ pub async fn process(
         stopped = rounds(pool, clients, &jobs, &policy, dry_run) => stopped?,
         never = super::keep_leases(pool, owner, &held, lease) => match never {},
     };
+    if !dry_run {
+        once::remember(pool, settings, clients, &jobs, &stopped).await?;
+    }
 
     for (job, stop) in jobs.into_iter().zip(stopped) {
         let (next, reason) = match stop {
@@ -73,6 +81,9 @@ pub async fn process(
                 )),
             ),
             None if dry_run => (Next::Delivered, Some(DRY_RUN_REASON.to_string())),
+            // Every request was a repeat within its window: nothing was sent.
+            None if job.steps.is_empty() => (Next::Skipped, Some(job.notes.join("; "))),
+            None if !job.notes.is_empty() => (Next::Delivered, Some(job.notes.join("; "))),
             None => (Next::Delivered, None),
         };
         settles.push(Settle::of(&job.event, next, reason, job.action));

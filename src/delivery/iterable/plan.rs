@@ -31,6 +31,8 @@ pub(super) struct Job {
     /// Errors of other subscriptions that matched the event: it ends `failed` even when its
     /// requests are delivered.
     pub errors: Vec<String>,
+    /// Steps left out because they were sent within their window (`once`): the reason.
+    pub notes: Vec<String>,
 }
 
 pub(super) enum Planned {
@@ -109,6 +111,7 @@ pub(super) fn plan(
             steps,
             action,
             errors,
+            notes: vec![],
         });
     }
     let done = if !errors.is_empty() {

@@ -157,6 +157,7 @@ mod tests {
                 .collect(),
             action: None,
             errors: vec![],
+            notes: vec![],
         }
     }
 
