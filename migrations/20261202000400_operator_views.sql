@@ -33,6 +33,13 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                           payload -> 'properties' ->> 'email'))
 $$;
 
+-- The user keys a search term can be: ingest keys events u:<userId>, a:<anonymousId> or
+-- e:<email> (and the raw term, for keys written otherwise).
+CREATE FUNCTION gateway_user_keys(term text) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT ARRAY['u:' || term, 'a:' || term, 'e:' || term, 'e:' || lower(term), term]
+$$;
+
 -- `gateway audit user` and the page's search by email.
 CREATE INDEX event_email ON event (gateway_event_email(payload));
 -- Failures by reason over a time window: only failed and dead events enter it.

@@ -122,17 +122,13 @@ pub async fn events_by_message_id(
     .await
 }
 
-/// The user keys a search term can be: ingest keys events `u:<userId>`, `a:<anonymousId>` or
-/// `e:<email>` (the raw term too, for keys written otherwise).
-pub const USER_KEYS: &str = "ARRAY['u:' || $1, 'a:' || $1, 'e:' || $1, 'e:' || lower($1), $1]";
-
 /// A user's events, newest first: by user key (userId, anonymousId, email), by email wherever
 /// the event keeps it, and the other events of the users that email belongs to (a track call
 /// often carries only the userId its identify call tied to the email).
 pub async fn events_by_user(pool: &PgPool, user: &str) -> Result<Vec<EventRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "WITH keys AS (
-             SELECT unnest({USER_KEYS}) AS k
+             SELECT unnest(gateway_user_keys($1)) AS k
              UNION
              SELECT user_key FROM (
                  SELECT user_key FROM event WHERE gateway_event_email(payload) = lower($1)

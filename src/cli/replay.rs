@@ -125,7 +125,7 @@ const MATCHES: &str = "e.state = ANY ($1)
     AND ($6::timestamptz IS NULL OR e.received_at < $6)
     AND (cardinality($7::text[]) = 0 OR e.message_id = ANY ($7))
     AND ($8::text IS NULL
-         OR e.user_key = ANY (ARRAY['u:' || $8, 'a:' || $8, 'e:' || $8, 'e:' || lower($8), $8])
+         OR e.user_key = ANY (gateway_user_keys($8))
          OR gateway_event_email(e.payload) = lower($8))";
 
 fn bind<'q, O>(
