@@ -24,6 +24,19 @@ async fn iterable_answers(h: &Harness, status: u16) {
         .await;
 }
 
+/// `ok-1` (user `ann`) delivered, `bad-1` (no user) refused before sending.
+async fn delivered_and_refused() -> Harness {
+    let h = Harness::start().await;
+    iterable_answers(&h, 200).await;
+    h.insert(&[
+        track("ok-1", "ann", "Signed Up"),
+        json!({"type": "track", "event": "X", "anonymousId": "anon-7", "messageId": "bad-1"}),
+    ])
+    .await;
+    h.drain_all().await;
+    h
+}
+
 fn dead_filter() -> Filter {
     Filter {
         connection: Some("shop".into()),
@@ -138,14 +151,7 @@ async fn a_replay_of_dead_events_sends_each_once_with_the_same_ids_and_is_audite
 
 #[tokio::test]
 async fn replay_takes_states_by_name_refuses_open_ones_and_filters_by_user_and_reason() {
-    let h = Harness::start().await;
-    iterable_answers(&h, 200).await;
-    h.insert(&[
-        track("ok-1", "ann", "Signed Up"),
-        json!({"type": "track", "event": "X", "anonymousId": "anon-7", "messageId": "bad-1"}),
-    ])
-    .await;
-    h.drain_all().await;
+    let h = delivered_and_refused().await;
     let pool = &h.pool;
     let by = |f: Filter| async move { preview(pool, &f).await.map(|(n, _)| n) };
     let states = |s: &[&str]| Filter {
@@ -188,14 +194,7 @@ async fn replay_takes_states_by_name_refuses_open_ones_and_filters_by_user_and_r
 #[tokio::test]
 async fn each_audit_question_answers_from_known_events() {
     // Arrange: one delivered, one refused before sending, one dead, one waiting.
-    let h = Harness::start().await;
-    iterable_answers(&h, 200).await;
-    h.insert(&[
-        track("ok-1", "ann", "Signed Up"),
-        json!({"type": "track", "event": "X", "anonymousId": "anon-7", "messageId": "bad-1"}),
-    ])
-    .await;
-    h.drain_all().await;
+    let h = delivered_and_refused().await;
     iterable_answers(&h, 500).await;
     h.insert(&[track("dead-1", "bob", "Signed Up")]).await;
     h.drain_all().await;

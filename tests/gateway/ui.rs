@@ -41,6 +41,17 @@ fn get(app: &TestApp, url: &str) -> reqwest::RequestBuilder {
     app.api.get(format!("{}{url}", app.address))
 }
 
+/// The page with a search for `q` (URL-encoded), as the operator sees it.
+async fn search(app: &TestApp, q: &str) -> String {
+    let r = get(app, &format!("/ui?q={q}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
 #[tokio::test]
 async fn the_page_is_off_unless_a_token_is_configured() {
     let app = crate::app::spawn_app().await;
@@ -121,24 +132,10 @@ async fn the_page_needs_the_token_and_escapes_every_value_of_an_event() {
     );
 
     // A search by email finds the user's events.
-    let body = get(&app, "/ui?q=ANN%40example.com")
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = search(&app, "ANN%40example.com").await;
     assert!(body.contains("ui-ok-1"), "{body}");
     // And by userId (ingest keys it u:ann).
-    let body = get(&app, "/ui?q=ann")
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = search(&app, "ann").await;
     assert!(
         body.contains("ui-ok-1") && !body.contains("No event has"),
         "{body}"
