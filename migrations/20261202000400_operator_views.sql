@@ -83,15 +83,21 @@ $$;
 CREATE OR REPLACE VIEW audit_failures AS
 SELECT * FROM gateway_failures(now() - interval '7 days');
 
+-- Which replay generation an attempt at `at` of an event belongs to: how many replays of the
+-- event came before it.
+CREATE FUNCTION gateway_replay_generation(event_id bigint, at timestamptz) RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT count(*) FROM replay_event r JOIN replay p ON p.id = r.replay_id
+    WHERE r.event_id = $1 AND p.requested_at <= $2
+$$;
+
 -- Every outbound attempt per event, now with the direction and the replay generation it belongs
 -- to (0: before any replay; n: after the n-th replay of that event).
 CREATE OR REPLACE VIEW audit_attempt AS
 SELECT e.message_id, e.user_key, e.connection, d.attempted_at, d.endpoint, d.url, d.attempt,
        d.dry_run, d.status, d.outcome, d.error, d.duration_ms, d.request_body, d.response_body,
        e.id AS event_id, d.id AS attempt_id,
-       e.direction,
-       (SELECT count(*) FROM replay_event r JOIN replay p ON p.id = r.replay_id
-        WHERE r.event_id = e.id AND p.requested_at <= d.attempted_at) AS generation
+       e.direction, gateway_replay_generation(e.id, d.attempted_at) AS generation
 FROM delivery_attempt d
 JOIN event e ON e.id = ANY (d.event_ids);
 

@@ -173,8 +173,7 @@ pub struct AttemptRow {
 pub async fn attempts(pool: &PgPool, event_id: i64) -> Result<Vec<AttemptRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT d.id AS attempt_id, d.attempted_at, d.endpoint, d.method, d.url, d.attempt,
-                (SELECT count(*) FROM replay_event r JOIN replay p ON p.id = r.replay_id
-                 WHERE r.event_id = $1 AND p.requested_at <= d.attempted_at) AS generation,
+                gateway_replay_generation($1, d.attempted_at) AS generation,
                 d.dry_run, d.status, d.outcome, d.error, d.duration_ms, d.request_body,
                 d.response_body, cardinality(d.event_ids) AS events
          FROM delivery_attempt d WHERE d.event_ids @> ARRAY[$1::bigint]
