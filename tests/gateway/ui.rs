@@ -242,3 +242,48 @@ async fn in_a_real_browser_the_page_loads_searches_and_runs_no_script_from_an_ev
         assert!(Path::new(&std::env::var("GATEWAY_UI_SCREENSHOT").unwrap()).exists());
     }
 }
+
+/// A connection the dispatcher pauses (it sets `gateway_connection_paused`) shows on the page and
+/// in /metrics with its HELP line.
+#[tokio::test]
+async fn a_paused_connection_shows_on_the_page_and_in_the_metrics() {
+    let app = app_with_traffic().await;
+    let labels = [
+        ("connection", "paused-shop"),
+        ("direction", "segment_to_iterable"),
+        ("reason", "<b>invalid api key</b>"),
+    ];
+    metrics::gauge!("gateway_connection_paused", &labels).set(1.0);
+
+    let body = search(&app, "").await;
+    let paused = body.split("<section id=\"paused\">").nth(1).unwrap();
+    let paused = paused.split("</section>").next().unwrap();
+    assert!(
+        paused.contains("<td>paused-shop</td><td>segment_to_iterable</td>"),
+        "{paused}"
+    );
+    assert!(
+        paused.contains("&lt;b&gt;invalid api key&lt;/b&gt;"),
+        "escaped: {paused}"
+    );
+
+    let metrics = get(&app, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("# HELP gateway_connection_paused "),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE gateway_connection_paused gauge"),
+        "{metrics}"
+    );
+
+    metrics::gauge!("gateway_connection_paused", &labels).set(0.0);
+    let body = search(&app, "").await;
+    assert!(!body.contains("paused-shop"), "resumed: no longer listed");
+}
