@@ -1,30 +1,45 @@
-//! Load generator for `gateway serve` (driven by `scripts/bench-load`; DESIGN §6).
+//! Load generator for `gateway serve` (driven by `scripts/bench-load`; DESIGN §6, issue 12).
 //!
 //! ```text
 //! loadgen mock  --port-file FILE [--port 0] [--api-key KEY]
 //!     a fast mock of Iterable's API on 127.0.0.1: answers 200 with Iterable-shaped bodies
 //!     ({"successCount": N, ...} for bulk endpoints) and counts requests and items per endpoint;
 //!     GET /__stats returns the counts as JSON.
-//! loadgen drive --url URL --write-key KEY [--modes rate,max] [--connections 16] [--duration 20]
-//!               [--rate 5000] [--mock URL] [--database-url URL] [--gateway-pid PID]
+//! loadgen drive --url URL[,URL...] --write-key KEY [--modes rate,max] [--connections 16]
+//!               [--duration 20] [--rate 5000] [--mock URL] [--database-url URL] [--gateway-pid PID]
 //!     POST /v1/batch with 100-event batches (identify, track, Order Completed; unique messageIds;
 //!     many userIds) and prints a Markdown table: committed events/s, acknowledgement latency,
 //!     delivered events/s (from the mock's counts), event states (from the database) and the
 //!     gateway's peak RSS (VmHWM).
+//! loadgen storage --database-url URL [--drain-secs 120]
+//!     waits until no event is pending, then prints the bytes per event of every table (heap,
+//!     TOAST and indexes, partitions summed into their parent) as a multiple of the event's JSON.
+//! loadgen report --json FILE
+//!     the rows `drive` and `storage` appended to FILE as one report, with the gateway's figures
+//!     as ratios of the baseline measured in the same run.
 //! ```
 //!
 //! Modes: `max` keeps `--connections` requests in flight (closed loop, one HTTP connection per
-//! worker) for `--duration` seconds; `rate` sends `--rate` events/s as an open loop (each batch at
-//! its scheduled time; latency is measured from that time, so a stall counts in full).
+//! worker) for `--duration` seconds; `ingest` is `max` run against a gateway that does not
+//! dispatch (`delivery.workers = 0`, which `scripts/bench-load` arranges); `rate` sends `--rate`
+//! events/s as an open loop (each batch at its scheduled time; latency is measured from that time,
+//! so a stall counts in full); `soak` is `rate` with a report every `--every` seconds (RSS, window
+//! p99, backlog, table sizes). `base-max` and `base-rate` are the baseline: the same batches from
+//! the same generator, written by the same number of clients straight into PostgreSQL
+//! (`--database-url`): one `INSERT … SELECT FROM unnest($1::text[])` per batch into a table with
+//! one index (bigserial primary key + jsonb), each its own transaction, as the gateway's cluster
+//! is configured (fsync on). The table is dropped after the mode.
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,8 +55,12 @@ struct Cli {
 enum Command {
     /// A mock Iterable API that keeps up with thousands of requests per second.
     Mock(MockArgs),
-    /// Drive POST /v1/batch and print a Markdown table of the results.
+    /// Drive POST /v1/batch (or the baseline) and print a Markdown table of the results.
     Drive(Box<DriveArgs>),
+    /// Bytes per event in the database once delivery is done.
+    Storage(StorageArgs),
+    /// One report from the JSON lines `drive` and `storage` wrote, with the baseline ratios.
+    Report(ReportArgs),
 }
 
 #[derive(Parser)]
@@ -57,29 +76,9 @@ struct MockArgs {
     api_key: Option<String>,
 }
 
-#[derive(Parser, Clone)]
-struct DriveArgs {
-    /// The gateway's base URL.
-    #[arg(long)]
-    url: String,
-    /// The connection's write key (sent as HTTP Basic user).
-    #[arg(long)]
-    write_key: String,
-    /// Modes to run, in order: `rate` (fixed rate) and/or `max` (max throughput).
-    #[arg(long, value_delimiter = ',', default_value = "rate,max")]
-    modes: Vec<String>,
-    /// Concurrent connections in `max` mode.
-    #[arg(long, default_value_t = 16)]
-    connections: usize,
-    /// Measured seconds per mode.
-    #[arg(long, default_value_t = 20)]
-    duration: u64,
-    /// Unmeasured seconds of load before each mode's measurement.
-    #[arg(long, default_value_t = 2)]
-    warmup: u64,
-    /// Events per second in `rate` mode.
-    #[arg(long, default_value_t = 5000)]
-    rate: u64,
+/// The event mix (shared by `drive` and `storage`, so that both see the same events).
+#[derive(Args, Clone)]
+struct Mix {
     /// Events per batch.
     #[arg(long, default_value_t = 100)]
     batch: usize,
@@ -92,18 +91,52 @@ struct DriveArgs {
     /// Percent of events that are Order Completed (the rest are other track calls).
     #[arg(long, default_value_t = 5)]
     order_pct: u32,
+}
+
+#[derive(Parser, Clone)]
+struct DriveArgs {
+    /// The gateway's base URL; several, comma-separated, spread the load over several processes
+    /// (worker or batch `i` goes to URL `i mod n`).
+    #[arg(long, value_delimiter = ',')]
+    url: Vec<String>,
+    /// The connection's write key (sent as HTTP Basic user).
+    #[arg(long)]
+    write_key: String,
+    /// Modes to run, in order: rate, max, ingest, soak, base-max, base-rate, webhook.
+    #[arg(long, value_delimiter = ',', default_value = "rate,max")]
+    modes: Vec<String>,
+    /// Concurrent connections in `max`, `ingest`, `webhook` and `base-*` modes.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Measured seconds per mode.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Unmeasured seconds of load before each mode's measurement.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Events per second in `rate`, `soak` and `base-rate` modes.
+    #[arg(long, default_value_t = 5000)]
+    rate: u64,
+    /// `soak` mode: seconds per reported window.
+    #[arg(long, default_value_t = 30)]
+    every: u64,
+    #[command(flatten)]
+    mix: Mix,
     /// The mock Iterable's base URL (for delivered counts).
     #[arg(long)]
     mock: Option<String>,
-    /// The gateway's database (for event states).
+    /// The gateway's database (for event states, and where the baseline writes).
     #[arg(long)]
     database_url: Option<String>,
-    /// The gateway's process id (for its peak RSS and CPU time).
-    #[arg(long)]
-    gateway_pid: Option<u32>,
+    /// The gateway's process ids, comma-separated (for peak RSS and CPU time).
+    #[arg(long, value_delimiter = ',')]
+    gateway_pid: Vec<u32>,
     /// The gateway's PostgreSQL postmaster (for the CPU time of the server and its backends).
     #[arg(long)]
     postmaster_pid: Option<u32>,
+    /// Recorded with each row: the gateway's `delivery.workers` (0: ingest only).
+    #[arg(long)]
+    gateway_workers: Option<u32>,
     /// Also append one JSON object per mode to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -115,6 +148,28 @@ struct DriveArgs {
     webhook_token: String,
 }
 
+#[derive(Parser)]
+struct StorageArgs {
+    /// The gateway's database.
+    #[arg(long)]
+    database_url: String,
+    /// Seconds to wait for the pending events to be delivered before measuring.
+    #[arg(long, default_value_t = 120)]
+    drain_secs: u64,
+    #[command(flatten)]
+    mix: Mix,
+    /// Also append the result as one JSON object to this file.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+}
+
+#[derive(Parser)]
+struct ReportArgs {
+    /// The JSON lines written by `drive --json-out` and `storage --json-out`.
+    #[arg(long)]
+    json: PathBuf,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -123,6 +178,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Mock(args) => runtime.block_on(mock(args)),
         Command::Drive(args) => runtime.block_on(drive(*args)),
+        Command::Storage(args) => runtime.block_on(storage(args)),
+        Command::Report(args) => report(args),
     }
 }
 
@@ -305,29 +362,36 @@ struct BatchMaker {
 }
 
 impl BatchMaker {
-    fn new(args: &DriveArgs, run: &str, worker: usize) -> BatchMaker {
+    fn new(mix: &Mix, run: &str, worker: usize) -> BatchMaker {
         BatchMaker {
             run: run.to_string(),
             worker,
             seq: 0,
             rng: StdRng::seed_from_u64(worker as u64 * 7919 + 1),
-            users: args.users.max(1),
-            identify_pct: args.identify_pct,
-            order_pct: args.order_pct,
-            events: args.batch,
+            users: mix.users.max(1),
+            identify_pct: mix.identify_pct,
+            order_pct: mix.order_pct,
+            events: mix.batch,
         }
     }
 
+    /// The next batch as a `/v1/batch` body.
     fn next(&mut self) -> String {
+        let (events, ts) = self.next_events();
+        let mut s = String::with_capacity(events.iter().map(|e| e.len() + 1).sum::<usize>() + 64);
+        s.push_str(r#"{"batch":["#);
+        s.push_str(&events.join(","));
+        let _ = write!(s, r#"],"sentAt":"{ts}"}}"#);
+        s
+    }
+
+    /// The next batch as one JSON text per event (what the baseline writes), and its `sentAt`.
+    fn next_events(&mut self) -> (Vec<String>, String) {
         let ts = chrono::Utc::now()
             .format("%Y-%m-%dT%H:%M:%S%.3fZ")
             .to_string();
-        let mut s = String::with_capacity(self.events * 560 + 128);
-        s.push_str(r#"{"batch":["#);
-        for i in 0..self.events {
-            if i > 0 {
-                s.push(',');
-            }
+        let mut events = Vec::with_capacity(self.events);
+        for _ in 0..self.events {
             self.seq += 1;
             let user = self.rng.gen_range(0..self.users);
             let roll = self.rng.gen_range(0..100u32);
@@ -335,29 +399,26 @@ impl BatchMaker {
             let common = format!(
                 r#""messageId":"{run}-{worker}-{seq}","userId":"user-{user}","timestamp":"{ts}","context":{CONTEXT}"#
             );
-            if roll < self.identify_pct {
-                let _ = write!(
-                    s,
+            let event = if roll < self.identify_pct {
+                format!(
                     r#"{{"type":"identify",{common},"traits":{{"email":"user-{user}@example.com","firstName":"Ann","lastName":"Lee","plan":"pro","logins":{seq},"signupDate":"2024-04-30T08:15:00Z"}}}}"#
-                );
+                )
             } else if roll < self.identify_pct + self.order_pct {
                 let qty = 1 + seq % 3;
                 let total = 12.5 * qty as f64 + 15.0;
-                let _ = write!(
-                    s,
+                format!(
                     r#"{{"type":"track","event":"Order Completed",{common},"properties":{{"order_id":"o-{run}-{worker}-{seq}","total":{total},"currency":"USD","products":[{{"product_id":"p-1","sku":"SKU-1","name":"Mug","price":12.5,"quantity":{qty},"category":"Kitchen"}},{{"product_id":"p-2","sku":"SKU-2","name":"Tea","price":15,"quantity":1,"category":"Pantry"}}]}}}}"#
-                );
+                )
             } else {
-                let event = EVENTS[(seq % EVENTS.len() as u64) as usize];
-                let _ = write!(
-                    s,
-                    r#"{{"type":"track","event":"{event}",{common},"properties":{{"title":"Item {seq}","position":{p},"campaignId":"1234","category":"Demo"}}}}"#,
+                let name = EVENTS[(seq % EVENTS.len() as u64) as usize];
+                format!(
+                    r#"{{"type":"track","event":"{name}",{common},"properties":{{"title":"Item {seq}","position":{p},"campaignId":"1234","category":"Demo"}}}}"#,
                     p = seq % 100
-                );
-            }
+                )
+            };
+            events.push(event);
         }
-        let _ = write!(s, r#"],"sentAt":"{ts}"}}"#);
-        s
+        (events, ts)
     }
 }
 
@@ -401,17 +462,24 @@ impl Stats {
             Err(e) => *self.statuses.entry(e.clone()).or_default() += 1,
         }
     }
+
+    fn pct_ms(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
 }
 
-async fn post(client: &reqwest::Client, url: &str, key: &str, body: String) -> Result<u16, String> {
-    send(
+/// One request (an HTTP POST or a baseline INSERT), built before it is awaited: its outcome is
+/// 200 for success, another status, or an error text.
+type Outcome = Pin<Box<dyn Future<Output = Result<u16, String>> + Send>>;
+
+fn post(client: &reqwest::Client, url: &str, key: &str, body: String) -> Outcome {
+    Box::pin(send(
         client
             .post(url)
             .basic_auth(key, Some(""))
             .header("content-type", "application/json")
             .body(body),
-    )
-    .await
+    ))
 }
 
 /// Sends and reads the whole answer: the acknowledgement is complete only then.
@@ -437,19 +505,58 @@ fn client() -> reqwest::Client {
         .expect("a reqwest client")
 }
 
-/// Closed loop: `connections` workers, each with its own HTTP connection, one request at a time.
+/// The baseline's table: one index (the bigserial primary key) and the event as jsonb.
+const BASELINE_TABLE: &str =
+    "CREATE TABLE loadgen_baseline (id bigserial PRIMARY KEY, payload jsonb NOT NULL)";
+
+/// One baseline batch: all its events in one statement, one transaction, one commit (fsync).
+fn insert_batch(pool: &sqlx::PgPool, events: Vec<String>) -> Outcome {
+    let pool = pool.clone();
+    Box::pin(async move {
+        sqlx::query(
+            "INSERT INTO loadgen_baseline (payload) SELECT e::jsonb FROM unnest($1::text[]) AS e",
+        )
+        .bind(events)
+        .execute(&pool)
+        .await
+        .map(|_| 200)
+        .map_err(|e| format!("database error: {e}"))
+    })
+}
+
+fn gateway_url(args: &DriveArgs, i: usize, path: &str) -> String {
+    format!(
+        "{}{path}",
+        args.url[i % args.url.len()].trim_end_matches('/')
+    )
+}
+
+/// Closed loop of Segment batches, one HTTP connection per worker, one request at a time.
 async fn run_max(args: &DriveArgs, run: &str, start: Instant, end: Instant) -> Stats {
-    let url = format!("{}/v1/batch", args.url.trim_end_matches('/'));
     closed_loop(args.connections, start, end, |worker| {
-        let (url, key) = (url.clone(), args.write_key.clone());
-        let mut maker = BatchMaker::new(args, run, worker);
-        move |client: &reqwest::Client| {
-            client
-                .post(&url)
-                .basic_auth(&key, Some(""))
-                .header("content-type", "application/json")
-                .body(maker.next())
-        }
+        let (url, key) = (
+            gateway_url(args, worker, "/v1/batch"),
+            args.write_key.clone(),
+        );
+        let mut maker = BatchMaker::new(&args.mix, run, worker);
+        let client = client();
+        move || post(&client, &url, &key, maker.next())
+    })
+    .await
+}
+
+/// The baseline of `max`: the same batches, the same number of clients, straight into PostgreSQL.
+async fn run_base_max(
+    pool: &sqlx::PgPool,
+    args: &DriveArgs,
+    run: &str,
+    start: Instant,
+    end: Instant,
+) -> Stats {
+    closed_loop(args.connections, start, end, |worker| {
+        let mut maker = BatchMaker::new(&args.mix, run, worker);
+        let pool = pool.clone();
+        move || insert_batch(&pool, maker.next_events().0)
     })
     .await
 }
@@ -464,22 +571,18 @@ async fn run_webhook(args: &DriveArgs, run: &str, start: Instant, end: Instant) 
         "pushOpen",
         "smsSend",
     ];
-    let url = format!(
-        "{}/webhooks/iterable/{}",
-        args.url.trim_end_matches('/'),
-        args.webhook_connection
-    );
     let auth = format!("Bearer {}", args.webhook_token);
     closed_loop(args.connections, start, end, |worker| {
-        let (url, auth, run, users) = (
-            url.clone(),
-            auth.clone(),
-            run.to_string(),
-            args.users.max(1),
+        let url = gateway_url(
+            args,
+            worker,
+            &format!("/webhooks/iterable/{}", args.webhook_connection),
         );
+        let (auth, run, users) = (auth.clone(), run.to_string(), args.mix.users.max(1));
         let mut rng = StdRng::seed_from_u64(worker as u64 + 17);
         let mut seq = 0u64;
-        move |client: &reqwest::Client| {
+        let client = client();
+        move || {
             let n = seq;
             seq += 1;
             let seq = n;
@@ -489,18 +592,20 @@ async fn run_webhook(args: &DriveArgs, run: &str, start: Instant, end: Instant) 
                 r#"{{"email":"user-{user}@example.com","eventName":"{name}","dataFields":{{"createdAt":"2026-11-25 10:00:00 +00:00","campaignId":{c},"templateId":93849,"messageId":"{run}-{worker}-{seq}","emailSubject":"Hello","ip":"162.245.22.184","userAgent":"Mozilla/5.0"}}}}"#,
                 c = seq % 1000
             );
-            client
-                .post(&url)
-                .header("authorization", &auth)
-                .header("content-type", "application/json")
-                .body(body)
+            Box::pin(send(
+                client
+                    .post(&url)
+                    .header("authorization", &auth)
+                    .header("content-type", "application/json")
+                    .body(body),
+            ))
         }
     })
     .await
 }
 
-/// Closed loop: `connections` workers, each with its own HTTP connection and one request in
-/// flight; `worker(i)` gives worker `i` its request builder.
+/// Closed loop: `connections` workers, each with one request in flight; `worker(i)` gives
+/// worker `i` the function that builds its next request.
 async fn closed_loop<W>(
     connections: usize,
     start: Instant,
@@ -508,21 +613,20 @@ async fn closed_loop<W>(
     mut worker: impl FnMut(usize) -> W,
 ) -> Stats
 where
-    W: FnMut(&reqwest::Client) -> reqwest::RequestBuilder + Send + 'static,
+    W: FnMut() -> Outcome + Send + 'static,
 {
     let mut tasks = Vec::new();
     for i in 0..connections {
         let mut next = worker(i);
         tasks.push(tokio::spawn(async move {
-            let client = client();
             let mut stats = Stats::new();
             loop {
-                let request = next(&client);
+                let request = next();
                 let sent = Instant::now();
                 if sent >= end {
                     break;
                 }
-                let outcome = send(request).await;
+                let outcome = request.await;
                 let done = Instant::now();
                 if sent >= start && done <= end {
                     stats.record(&outcome, done - sent);
@@ -540,16 +644,21 @@ where
     total
 }
 
-/// Open loop: one batch every 1/rate seconds at its scheduled time, however slow the answers.
-async fn run_rate(args: &DriveArgs, run: &str, start: Instant, end: Instant) -> Stats {
-    let url = format!("{}/v1/batch", args.url.trim_end_matches('/'));
-    let per_sec = (args.rate as f64 / args.batch as f64).max(0.1);
+/// Open loop: `next()` builds one batch's request every `batch/rate` seconds at its scheduled
+/// time, however slow the answers; latency counts from that time. Each answer is also recorded
+/// in `window` (the soak's current window) when given.
+async fn open_loop(
+    args: &DriveArgs,
+    start: Instant,
+    end: Instant,
+    window: Option<Arc<Mutex<Stats>>>,
+    mut next: impl FnMut(u64) -> Outcome,
+) -> Stats {
+    let per_sec = (args.rate as f64 / args.mix.batch as f64).max(0.1);
     let interval = Duration::from_secs_f64(1.0 / per_sec);
-    let client = client();
     let stats = Arc::new(Mutex::new(Stats::new()));
     // At most this many requests in flight; a batch that finds none free counts as "overloaded".
     let in_flight = Arc::new(tokio::sync::Semaphore::new(512));
-    let mut maker = BatchMaker::new(args, run, 10_000);
     let t0 = Instant::now();
     let mut handles = Vec::new();
     for i in 0u64.. {
@@ -558,7 +667,7 @@ async fn run_rate(args: &DriveArgs, run: &str, start: Instant, end: Instant) -> 
             break;
         }
         tokio::time::sleep_until(due.into()).await;
-        let body = maker.next();
+        let request = next(i);
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
             if due >= start {
                 let mut s = stats.lock().expect("stats lock");
@@ -566,14 +675,9 @@ async fn run_rate(args: &DriveArgs, run: &str, start: Instant, end: Instant) -> 
             }
             continue;
         };
-        let (client, url, key, stats) = (
-            client.clone(),
-            url.clone(),
-            args.write_key.clone(),
-            stats.clone(),
-        );
+        let (stats, window) = (stats.clone(), window.clone());
         handles.push(tokio::spawn(async move {
-            let outcome = post(&client, &url, &key, body).await;
+            let outcome = request.await;
             let done = Instant::now();
             drop(permit);
             if due >= start && done <= end + Duration::from_secs(30) {
@@ -581,6 +685,9 @@ async fn run_rate(args: &DriveArgs, run: &str, start: Instant, end: Instant) -> 
                     .lock()
                     .expect("stats lock")
                     .record(&outcome, done - due);
+                if let Some(w) = window {
+                    w.lock().expect("window lock").record(&outcome, done - due);
+                }
             }
         }));
         handles.retain(|h| !h.is_finished());
@@ -590,6 +697,40 @@ async fn run_rate(args: &DriveArgs, run: &str, start: Instant, end: Instant) -> 
     }
     let s = stats.lock().expect("stats lock").clone();
     s
+}
+
+async fn run_rate(
+    args: &DriveArgs,
+    run: &str,
+    start: Instant,
+    end: Instant,
+    window: Option<Arc<Mutex<Stats>>>,
+) -> Stats {
+    let urls: Vec<String> = (0..args.url.len())
+        .map(|i| gateway_url(args, i, "/v1/batch"))
+        .collect();
+    let client = client();
+    let mut maker = BatchMaker::new(&args.mix, run, 10_000);
+    let key = args.write_key.clone();
+    open_loop(args, start, end, window, |i| {
+        post(&client, &urls[i as usize % urls.len()], &key, maker.next())
+    })
+    .await
+}
+
+/// The baseline of `rate`: the same batches at the same rate, straight into PostgreSQL.
+async fn run_base_rate(
+    pool: &sqlx::PgPool,
+    args: &DriveArgs,
+    run: &str,
+    start: Instant,
+    end: Instant,
+) -> Stats {
+    let mut maker = BatchMaker::new(&args.mix, run, 10_000);
+    open_loop(args, start, end, None, |_| {
+        insert_batch(pool, maker.next_events().0)
+    })
+    .await
 }
 
 async fn mock_items(http: &reqwest::Client, mock: &Option<String>) -> Option<u64> {
@@ -664,72 +805,97 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-struct Row {
-    mode: String,
-    target: String,
-    conns: String,
-    secs: f64,
-    stats: Stats,
-    delivered: Option<u64>,
-    states: Option<BTreeMap<String, i64>>,
-    hwm_kb: Option<u64>,
-    /// CPU cores used on average during the mode (warm-up included): gateway, load generator.
-    gateway_cores: Option<f64>,
-    postgres_cores: Option<f64>,
-    loadgen_cores: Option<f64>,
-    load_before: String,
-    load_after: String,
-    batch: usize,
+/// Bytes on disk per table (heap, TOAST, indexes), partitions summed into their root.
+async fn table_bytes(db: &sqlx::PgPool) -> Option<BTreeMap<String, i64>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT coalesce(pg_partition_root(c.oid), c.oid)::regclass::text, \
+                sum(pg_total_relation_size(c.oid))::bigint \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'm') GROUP BY 1",
+    )
+    .fetch_all(db)
+    .await
+    .ok()?;
+    Some(rows.into_iter().collect())
 }
 
-impl Row {
-    fn committed_per_sec(&self) -> f64 {
-        (self.stats.ok * self.batch as u64) as f64 / self.secs
+async fn pending_events(db: &sqlx::PgPool) -> Option<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM event WHERE state = 'pending'")
+        .fetch_one(db)
+        .await
+        .ok()
+}
+
+/// The sum over the gateway processes of a `/proc/PID/status` field in kB.
+fn gateways_kb(pids: &[u32], field: &str) -> Option<u64> {
+    pids.iter()
+        .map(|p| proc_status_kb(Some(*p), field))
+        .sum::<Option<u64>>()
+}
+
+fn gateways_cpu(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|p| cpu_secs(Some(*p), false)).sum()
+}
+
+fn append_json(path: &Option<PathBuf>, value: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        writeln!(f, "{value}")?;
     }
-    fn pct_ms(&self, q: f64) -> f64 {
-        self.stats.latency_us.value_at_quantile(q) as f64 / 1000.0
-    }
-    fn errors(&self) -> String {
-        if self.stats.statuses.is_empty() {
-            "0".into()
-        } else {
-            self.stats
-                .statuses
-                .iter()
-                .map(|(k, v)| format!("{v}× {k}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+    Ok(())
+}
+
+/// The soak's report every `every` seconds: the window's acknowledgements, what was delivered
+/// in it, the backlog, the gateway's RSS and the table sizes, with the load average.
+async fn soak_windows(
+    args: DriveArgs,
+    window: Arc<Mutex<Stats>>,
+    db: Option<sqlx::PgPool>,
+    start: Instant,
+    end: Instant,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let every = Duration::from_secs(args.every.max(1));
+    let mut delivered_before = mock_items(&http, &args.mock).await;
+    for k in 1u64.. {
+        let at = start + every * k as u32;
+        if at > end + Duration::from_millis(500) {
+            break;
         }
+        tokio::time::sleep_until(at.into()).await;
+        let w = std::mem::replace(&mut *window.lock().expect("window lock"), Stats::new());
+        let delivered = mock_items(&http, &args.mock).await;
+        let delivered_per_sec = match (delivered_before, delivered) {
+            (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / every.as_secs_f64()),
+            _ => None,
+        };
+        delivered_before = delivered;
+        let (pending, tables) = match &db {
+            Some(db) => (pending_events(db).await, table_bytes(db).await),
+            None => (None, None),
+        };
+        let row = serde_json::json!({
+            "mode": "soak-window", "t": every.as_secs() * k, "seconds": every.as_secs(),
+            "batch": args.mix.batch, "batches_ok": w.ok, "errors": w.statuses,
+            "events_per_sec_committed": (w.ok * args.mix.batch as u64) as f64 / every.as_secs_f64(),
+            "p50_ms": w.pct_ms(0.50), "p99_ms": w.pct_ms(0.99),
+            "max_ms": w.latency_us.max() as f64 / 1000.0,
+            "events_per_sec_delivered": delivered_per_sec, "pending": pending,
+            "gateway_vmrss_kb": gateways_kb(&args.gateway_pid, "VmRSS:"),
+            "table_bytes": tables, "loadavg": loadavg(),
+        });
+        eprintln!("loadgen: soak: {}", soak_line(&row));
+        append_json(&args.json_out, &row)?;
     }
-    fn states(&self) -> String {
-        match &self.states {
-            None => "–".into(),
-            Some(m) if m.is_empty() => "none".into(),
-            Some(m) => m
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        }
-    }
-    fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "mode": self.mode, "target": self.target, "connections": self.conns, "seconds": self.secs,
-            "batches_ok": self.stats.ok, "errors": self.stats.statuses,
-            "events_per_sec_committed": self.committed_per_sec(),
-            "p50_ms": self.pct_ms(0.50), "p90_ms": self.pct_ms(0.90), "p99_ms": self.pct_ms(0.99),
-            "max_ms": self.stats.latency_us.max() as f64 / 1000.0,
-            "events_per_sec_delivered": self.delivered.map(|d| d as f64 / self.secs),
-            "event_states": self.states, "gateway_vmhwm_kb": self.hwm_kb,
-            "gateway_cpu_cores": self.gateway_cores,
-            "postgres_cpu_cores": self.postgres_cores, "loadgen_cpu_cores": self.loadgen_cores,
-            "loadavg_before": self.load_before, "loadavg_after": self.load_after,
-        })
-    }
+    Ok(())
 }
 
 async fn drive(args: DriveArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.batch > 0 && args.connections > 0 && args.duration > 0);
+    anyhow::ensure!(args.mix.batch > 0 && args.connections > 0 && args.duration > 0);
     let run = format!("lg{:x}", rand::random::<u32>());
     let http = reqwest::Client::new();
     let db = match &args.database_url {
@@ -743,10 +909,32 @@ async fn drive(args: DriveArgs) -> anyhow::Result<()> {
     };
     let mut rows = Vec::new();
     for mode in &args.modes {
+        let baseline = mode.starts_with("base-");
+        anyhow::ensure!(
+            baseline || !args.url.is_empty(),
+            "mode {mode} needs --url (the gateway)"
+        );
+        // The baseline's own pool: one connection per client, opened before the clock starts.
+        let base_pool = match (baseline, &args.database_url) {
+            (false, _) => None,
+            (true, None) => anyhow::bail!("mode {mode} needs --database-url"),
+            (true, Some(url)) => {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(args.connections as u32)
+                    .min_connections(args.connections as u32)
+                    .connect(url)
+                    .await?;
+                sqlx::query("DROP TABLE IF EXISTS loadgen_baseline")
+                    .execute(&pool)
+                    .await?;
+                sqlx::query(BASELINE_TABLE).execute(&pool).await?;
+                Some(pool)
+            }
+        };
         let load_before = loadavg();
         let cpu = || {
             (
-                cpu_secs(args.gateway_pid, false),
+                gateways_cpu(&args.gateway_pid),
                 cpu_secs(args.postmaster_pid, true),
                 cpu_secs(None, false),
             )
@@ -754,87 +942,105 @@ async fn drive(args: DriveArgs) -> anyhow::Result<()> {
         let (cpu0, t0) = (cpu(), Instant::now());
         let start = Instant::now() + Duration::from_secs(args.warmup);
         let end = start + Duration::from_secs(args.duration);
-        // The mock's count at the start of the measurement.
-        let before = {
-            let http = http.clone();
-            let mock = args.mock.clone();
+        // The mock's count at the start and at the end of the measurement.
+        let mock_at = |at: Instant| {
+            let (http, mock) = (http.clone(), args.mock.clone());
             tokio::spawn(async move {
-                tokio::time::sleep_until(start.into()).await;
+                tokio::time::sleep_until(at.into()).await;
                 mock_items(&http, &mock).await
             })
         };
-        let after = {
-            let http = http.clone();
-            let mock = args.mock.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep_until(end.into()).await;
-                mock_items(&http, &mock).await
-            })
-        };
+        let (before, after) = (mock_at(start), mock_at(end));
         eprintln!(
             "loadgen: {mode}: {}s warm-up + {}s measured ...",
             args.warmup, args.duration
         );
-        let (stats, target, conns) = match mode.as_str() {
-            "max" => (
+        let rate = format!("{} ev/s", args.rate);
+        let (stats, target, conns) = match (mode.as_str(), &base_pool) {
+            ("max" | "ingest", _) => (
                 run_max(&args, &run, start, end).await,
                 "max".to_string(),
                 args.connections.to_string(),
             ),
-            "rate" => (
-                run_rate(&args, &run, start, end).await,
-                format!("{} ev/s", args.rate),
+            ("rate", _) => (
+                run_rate(&args, &run, start, end, None).await,
+                rate,
                 "open loop".to_string(),
             ),
-            "webhook" => (
+            ("soak", _) => {
+                let window = Arc::new(Mutex::new(Stats::new()));
+                let reporter = tokio::spawn(soak_windows(
+                    args.clone(),
+                    window.clone(),
+                    db.clone(),
+                    start,
+                    end,
+                ));
+                let stats = run_rate(&args, &run, start, end, Some(window)).await;
+                reporter.await??;
+                (stats, rate, "open loop".to_string())
+            }
+            ("webhook", _) => (
                 run_webhook(&args, &run, start, end).await,
                 "max (webhooks)".to_string(),
                 args.connections.to_string(),
             ),
-            other => anyhow::bail!("unknown mode {other:?}: use rate, max or webhook"),
+            ("base-max", Some(pool)) => (
+                run_base_max(pool, &args, &run, start, end).await,
+                "max".to_string(),
+                args.connections.to_string(),
+            ),
+            ("base-rate", Some(pool)) => (
+                run_base_rate(pool, &args, &run, start, end).await,
+                rate,
+                format!("open loop, {} clients", args.connections),
+            ),
+            (other, _) => anyhow::bail!(
+                "unknown mode {other:?}: use rate, max, ingest, soak, webhook, base-max or base-rate"
+            ),
         };
         let wall = t0.elapsed().as_secs_f64();
         let cores = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / wall);
         let cpu1 = cpu();
-        let gateway_cores = cores(cpu0.0, cpu1.0);
-        let postgres_cores = cores(cpu0.1, cpu1.1);
-        let loadgen_cores = cores(cpu0.2, cpu1.2);
         let delivered = match (before.await?, after.await?) {
             (Some(b), Some(a)) => Some(a.saturating_sub(b)),
             _ => None,
         };
-        let row = Row {
-            mode: mode.clone(),
-            target,
-            conns,
-            secs: args.duration as f64,
-            stats,
-            delivered,
-            states: event_states(&db).await,
-            hwm_kb: proc_status_kb(args.gateway_pid, "VmHWM:"),
-            gateway_cores,
-            postgres_cores,
-            loadgen_cores,
-            load_before,
-            load_after: loadavg(),
-            batch: if mode == "webhook" { 1 } else { args.batch },
-        };
+        if let Some(pool) = base_pool {
+            sqlx::query("DROP TABLE loadgen_baseline")
+                .execute(&pool)
+                .await?;
+            pool.close().await;
+        }
+        let batch = if mode == "webhook" { 1 } else { args.mix.batch };
+        let secs = args.duration as f64;
+        let row = serde_json::json!({
+            "mode": mode, "target": target, "connections": conns, "seconds": secs,
+            "warmup": args.warmup, "batch": batch, "users": args.mix.users,
+            "identify_pct": args.mix.identify_pct, "order_pct": args.mix.order_pct,
+            "gateway_processes": args.url.len(), "gateway_workers": args.gateway_workers,
+            "baseline": baseline,
+            "batches_ok": stats.ok, "errors": stats.statuses,
+            "events_per_sec_committed": (stats.ok * batch as u64) as f64 / secs,
+            "p50_ms": stats.pct_ms(0.50), "p90_ms": stats.pct_ms(0.90), "p99_ms": stats.pct_ms(0.99),
+            "max_ms": stats.latency_us.max() as f64 / 1000.0,
+            "events_per_sec_delivered": if baseline { None } else { delivered.map(|d| d as f64 / secs) },
+            "event_states": if baseline { None } else { event_states(&db).await },
+            "gateway_vmhwm_kb": if baseline { None } else { gateways_kb(&args.gateway_pid, "VmHWM:") },
+            "gateway_cpu_cores": cores(cpu0.0, cpu1.0),
+            "postgres_cpu_cores": cores(cpu0.1, cpu1.1), "loadgen_cpu_cores": cores(cpu0.2, cpu1.2),
+            "loadavg_before": load_before, "loadavg_after": loadavg(),
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        });
         eprintln!(
             "loadgen: {mode}: {:.0} events/s committed, p99 {:.1} ms",
-            row.committed_per_sec(),
-            row.pct_ms(0.99)
+            num(&row, "events_per_sec_committed"),
+            num(&row, "p99_ms")
         );
-        if let Some(path) = &args.json_out {
-            use std::io::Write as _;
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
-            writeln!(f, "{}", row.json())?;
-        }
+        append_json(&args.json_out, &row)?;
         rows.push(row);
     }
-    print_table(&args, &rows);
+    print_rows(&rows);
     if let Some(stats) = mock_stats_json(&http, &args.mock).await {
         println!(
             "\nMock Iterable over the whole run (items: users, events or purchases received; \
@@ -844,53 +1050,296 @@ async fn drive(args: DriveArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table(args: &DriveArgs, rows: &[Row]) {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+// ---------------------------------------------------------------------------------------------
+// Storage
+
+async fn storage(args: StorageArgs) -> anyhow::Result<()> {
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&args.database_url)
+        .await?;
+    let t0 = Instant::now();
+    let mut pending = pending_events(&db).await.unwrap_or(0);
+    while pending > 0 && t0.elapsed() < Duration::from_secs(args.drain_secs) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        pending = pending_events(&db).await.unwrap_or(0);
+    }
+    let waited = t0.elapsed().as_secs_f64();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM event")
+        .fetch_one(&db)
+        .await?;
+    let tables = table_bytes(&db).await.unwrap_or_default();
+    // The event's JSON as a Segment library sends it: the same generator, compact.
+    let mut maker = BatchMaker::new(&args.mix, "lgstorage0", 0);
+    let (mut json_bytes, mut body_bytes, mut n) = (0usize, 0usize, 0usize);
+    while n < 10_000 {
+        let (batch, _) = maker.next_events();
+        n += batch.len();
+        json_bytes += batch.iter().map(String::len).sum::<usize>();
+        body_bytes += maker.next().len();
+    }
+    let json_per_event = json_bytes as f64 / n as f64;
+    let total: i64 = tables.values().sum();
+    let per_event = total as f64 / events.max(1) as f64;
+    let row = serde_json::json!({
+        "mode": "storage", "events": events, "pending": pending, "drain_seconds": waited,
+        "table_bytes": tables, "total_bytes": total, "bytes_per_event": per_event,
+        "json_bytes_per_event": json_per_event,
+        "batch_body_bytes_per_event": body_bytes as f64 / n as f64,
+        "multiple": per_event / json_per_event, "loadavg": loadavg(),
+    });
+    append_json(&args.json_out, &row)?;
+    print_storage(&row);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Printing
+
+fn num(v: &serde_json::Value, key: &str) -> f64 {
+    v.get(key).and_then(|x| x.as_f64()).unwrap_or(f64::NAN)
+}
+
+fn opt(v: &serde_json::Value, key: &str, f: impl Fn(f64) -> String) -> String {
+    v.get(key)
+        .and_then(|x| x.as_f64())
+        .map(f)
+        .unwrap_or_else(|| "–".into())
+}
+
+fn text(v: &serde_json::Value, key: &str) -> String {
+    v.get(key)
+        .and_then(|x| x.as_str())
+        .unwrap_or("?")
+        .to_string()
+}
+
+fn mb(bytes: f64) -> String {
+    format!("{:.1}", bytes / 1_048_576.0)
+}
+
+fn map_text(v: &serde_json::Value, key: &str) -> String {
+    match v.get(key).and_then(|x| x.as_object()) {
+        None => "–".into(),
+        Some(m) if m.is_empty() => "none".into(),
+        Some(m) => m
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// A row's label: the baseline, or the gateway with what its processes do.
+fn who(r: &serde_json::Value) -> String {
+    if r.get("baseline").and_then(|b| b.as_bool()) == Some(true) {
+        return "PostgreSQL baseline".into();
+    }
+    let n = r
+        .get("gateway_processes")
+        .and_then(|x| x.as_u64())
+        .unwrap_or(1);
+    let role = match r.get("gateway_workers").and_then(|x| x.as_u64()) {
+        Some(0) => ", ingest only",
+        Some(_) => ", dispatching",
+        None => "",
+    };
+    if n > 1 {
+        format!("gateway ×{n}{role}")
+    } else {
+        format!("gateway{role}")
+    }
+}
+
+fn print_rows(rows: &[serde_json::Value]) {
+    let Some(first) = rows.first() else { return };
     println!(
-        "\n`POST /v1/batch`, {} events per batch ({}% identify, {}% Order Completed, the rest other tracks; {} userIds), {} cores; {}s measured after {}s warm-up per mode.\n",
-        args.batch,
-        args.identify_pct,
-        args.order_pct,
-        args.users,
-        cores,
-        args.duration,
-        args.warmup
+        "\n`POST /v1/batch`, {} events per batch ({}% identify, {}% Order Completed, the rest other tracks; {} userIds), {} cores; {}s measured after {}s warm-up per mode. The baseline writes the same batches from the same generator straight into PostgreSQL (one `INSERT … SELECT FROM unnest` per batch into a table with one index, on the gateway's cluster, fsync on).\n",
+        num(first, "batch").max(100.0),
+        num(first, "identify_pct"),
+        num(first, "order_pct"),
+        num(first, "users"),
+        num(first, "cores"),
+        num(first, "seconds"),
+        num(first, "warmup"),
     );
-    println!("| mode | target | connections | batches acked 200 | errors | events/s committed | p50 ms | p90 ms | p99 ms | max ms | events/s delivered | event states after | gateway peak RSS | CPU cores: gateway / postgres / loadgen | load avg before → after |");
-    println!("|---|---|---|--:|---|--:|--:|--:|--:|--:|--:|---|--:|--:|---|");
+    println!("| mode | writer | target | connections | batches ok | errors | events/s committed | p50 ms | p90 ms | p99 ms | max ms | events/s delivered | event states after | gateway peak RSS | CPU cores: gateway / postgres / loadgen | load avg before → after |");
+    println!("|---|---|---|---|--:|---|--:|--:|--:|--:|--:|--:|---|--:|--:|---|");
     for r in rows {
+        let cores = |k: &str| opt(r, k, |c| format!("{c:.2}"));
         println!(
-            "| {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} / {} / {} | {} → {} |",
-            r.mode,
-            r.target,
-            r.conns,
-            r.stats.ok,
-            r.errors(),
-            r.committed_per_sec(),
-            r.pct_ms(0.50),
-            r.pct_ms(0.90),
-            r.pct_ms(0.99),
-            r.stats.latency_us.max() as f64 / 1000.0,
-            r.delivered
-                .map(|d| format!("{:.0}", d as f64 / r.secs))
-                .unwrap_or_else(|| "–".into()),
-            r.states(),
-            r.hwm_kb
-                .map(|k| format!("{:.0} MB", k as f64 / 1024.0))
-                .unwrap_or_else(|| "–".into()),
-            r.gateway_cores
-                .map(|c| format!("{c:.2}"))
-                .unwrap_or_else(|| "–".into()),
-            r.postgres_cores
-                .map(|c| format!("{c:.2}"))
-                .unwrap_or_else(|| "–".into()),
-            r.loadgen_cores
-                .map(|c| format!("{c:.2}"))
-                .unwrap_or_else(|| "–".into()),
-            r.load_before,
-            r.load_after
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} / {} / {} | {} → {} |",
+            text(r, "mode"),
+            who(r),
+            text(r, "target"),
+            text(r, "connections"),
+            num(r, "batches_ok"),
+            match map_text(r, "errors").as_str() {
+                "none" => "0".to_string(),
+                e => e.to_string(),
+            },
+            num(r, "events_per_sec_committed"),
+            num(r, "p50_ms"),
+            num(r, "p90_ms"),
+            num(r, "p99_ms"),
+            num(r, "max_ms"),
+            opt(r, "events_per_sec_delivered", |d| format!("{d:.0}")),
+            map_text(r, "event_states"),
+            opt(r, "gateway_vmhwm_kb", |k| format!("{:.0} MB", k / 1024.0)),
+            cores("gateway_cpu_cores"),
+            cores("postgres_cpu_cores"),
+            cores("loadgen_cpu_cores"),
+            text(r, "loadavg_before"),
+            text(r, "loadavg_after"),
         );
     }
+}
+
+fn table_mb(r: &serde_json::Value, table: &str) -> String {
+    r.get("table_bytes")
+        .and_then(|t| t.get(table))
+        .and_then(|b| b.as_f64())
+        .map(mb)
+        .unwrap_or_else(|| "–".into())
+}
+
+fn all_tables_bytes(r: &serde_json::Value) -> Option<f64> {
+    let t = r.get("table_bytes")?.as_object()?;
+    Some(t.values().filter_map(|b| b.as_f64()).sum())
+}
+
+fn soak_line(r: &serde_json::Value) -> String {
+    format!(
+        "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
+        num(r, "t"),
+        text(r, "loadavg"),
+        opt(r, "gateway_vmrss_kb", |k| format!("{:.0} MB", k / 1024.0)),
+        num(r, "events_per_sec_committed"),
+        num(r, "p50_ms"),
+        num(r, "p99_ms"),
+        opt(r, "events_per_sec_delivered", |d| format!("{d:.0}")),
+        opt(r, "pending", |p| format!("{p:.0}")),
+        table_mb(r, "event"),
+        table_mb(r, "inbound_request"),
+        table_mb(r, "delivery_attempt"),
+        all_tables_bytes(r).map(mb).unwrap_or_else(|| "–".into()),
+        match map_text(r, "errors").as_str() {
+            "none" => "0".to_string(),
+            e => e.to_string(),
+        },
+    )
+}
+
+fn print_soak(rows: &[&serde_json::Value]) {
+    println!("\nSoak, one line per window (`soak` mode): acknowledgements of the window, events the mock received in it, events still pending at its end, table sizes (heap + TOAST + indexes, partitions summed).\n");
+    println!("| t s | load avg | gateway RSS | events/s committed | p50 ms | p99 ms | events/s delivered | pending | event MB | inbound_request MB | delivery_attempt MB | all tables MB | errors |");
+    println!("|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|");
+    for r in rows {
+        println!("{}", soak_line(r));
+    }
+}
+
+fn print_storage(r: &serde_json::Value) {
+    let events = num(r, "events");
+    println!(
+        "\nStorage after delivery ({} events, {} still pending after waiting {:.0} s; load average {}): bytes on disk per event (heap + TOAST + indexes, partitions summed into their table).\n",
+        events,
+        num(r, "pending"),
+        num(r, "drain_seconds"),
+        text(r, "loadavg")
+    );
+    println!("| table | MB | bytes per event |");
+    println!("|---|--:|--:|");
+    if let Some(t) = r.get("table_bytes").and_then(|t| t.as_object()) {
+        let mut t: Vec<_> = t
+            .iter()
+            .filter_map(|(k, v)| Some((k, v.as_f64()?)))
+            .collect();
+        t.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (name, bytes) in t {
+            println!(
+                "| {name} | {} | {:.0} |",
+                mb(bytes),
+                bytes / events.max(1.0)
+            );
+        }
+    }
+    println!(
+        "| **all tables** | {} | **{:.0}** |",
+        mb(num(r, "total_bytes")),
+        num(r, "bytes_per_event")
+    );
+    println!(
+        "\nThe event's JSON (compact, as sent): {:.0} bytes (the `/v1/batch` body: {:.0} bytes per event). **Storage: {:.2} × the event's JSON** (target ≤ 2).",
+        num(r, "json_bytes_per_event"),
+        num(r, "batch_body_bytes_per_event"),
+        num(r, "multiple")
+    );
+}
+
+fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let text_in = std::fs::read_to_string(&args.json)?;
+    let all: Vec<serde_json::Value> = text_in
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let is = |r: &&serde_json::Value, m: &str| r.get("mode").and_then(|x| x.as_str()) == Some(m);
+    let runs: Vec<serde_json::Value> = all
+        .iter()
+        .filter(|r| !is(r, "soak-window") && !is(r, "storage"))
+        .cloned()
+        .collect();
+    print_rows(&runs);
+    let windows: Vec<&serde_json::Value> = all.iter().filter(|r| is(r, "soak-window")).collect();
+    if !windows.is_empty() {
+        print_soak(&windows);
+    }
+    for r in all.iter().filter(|r| is(r, "storage")) {
+        print_storage(r);
+    }
+    let base_max = runs.iter().rfind(|r| is(r, "base-max"));
+    let base_rate = runs.iter().rfind(|r| is(r, "base-rate"));
+    if base_max.is_none() && base_rate.is_none() {
+        return Ok(());
+    }
+    println!("\nAgainst the baseline of the same run:\n");
+    println!("| gateway run | gateway | baseline | ratio | load avg (gateway run) |");
+    println!("|---|--:|--:|--:|---|");
+    for r in &runs {
+        let mode = text(r, "mode");
+        match (mode.as_str(), base_max, base_rate) {
+            ("max" | "ingest" | "webhook", Some(b), _) => println!(
+                "| {mode}, {}: events/s committed | {:.0} | {:.0} | **{:.0} %** | {} → {} |",
+                who(r),
+                num(r, "events_per_sec_committed"),
+                num(b, "events_per_sec_committed"),
+                100.0 * num(r, "events_per_sec_committed") / num(b, "events_per_sec_committed"),
+                text(r, "loadavg_before"),
+                text(r, "loadavg_after"),
+            ),
+            ("rate" | "soak", _, Some(b)) => {
+                println!(
+                    "| {mode} {}, {}: ack p99 | {:.1} ms | {:.1} ms | **{:.1} ×** | {} → {} |",
+                    text(r, "target"),
+                    who(r),
+                    num(r, "p99_ms"),
+                    num(b, "p99_ms"),
+                    num(r, "p99_ms") / num(b, "p99_ms"),
+                    text(r, "loadavg_before"),
+                    text(r, "loadavg_after"),
+                );
+                println!(
+                    "| {mode} {}, {}: ack p50 | {:.1} ms | {:.1} ms | {:.1} × | |",
+                    text(r, "target"),
+                    who(r),
+                    num(r, "p50_ms"),
+                    num(b, "p50_ms"),
+                    num(r, "p50_ms") / num(b, "p50_ms"),
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
