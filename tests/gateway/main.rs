@@ -2,7 +2,6 @@
 
 mod app;
 mod cli_map;
-mod database;
 mod delivery;
 mod differential;
 mod helpers;
