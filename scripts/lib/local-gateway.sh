@@ -6,6 +6,8 @@
 #                                     WORK_DIR/gateway.log); sets LG_PID
 #   lg_wait_ready URL SECS            waits for URL/readyz, failing early if the gateway exits
 #   lg_pg_port PG_DIR                 the port of the cluster running in PG_DIR
+#   lg_pg_passfile PG_DIR             its password file (pgpass format): export it as PGPASSFILE
+#                                     and psql, or a postgres://postgres@... URL, connects
 #   lg_stop PG_DIR                    SIGTERM to the gateway (SIGKILL after 15 s), then stops
 #                                     the cluster in PG_DIR (pg_ctl, as postgres when root)
 #
@@ -49,6 +51,10 @@ lg_wait_ready() {
 
 lg_pg_port() {
   sed -n 4p "$1/postmaster.pid"
+}
+
+lg_pg_passfile() {
+  echo "$1/pgpass"
 }
 
 lg_pg_ctl() {

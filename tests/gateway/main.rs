@@ -10,5 +10,7 @@ mod iterable_client;
 mod iterable_webhook;
 mod mapping_vectors;
 mod oracle_probes;
+mod partitions;
 mod properties;
 mod segment_delivery;
+mod startup_errors;
