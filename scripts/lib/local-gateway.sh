@@ -2,7 +2,8 @@
 # PostgreSQL in a scratch directory, and stop both (and nothing else) afterwards.
 #
 #   lg_free_port                      a free TCP port on 127.0.0.1
-#   lg_start BIN CONFIG_DIR WORK_DIR  starts `BIN serve --config CONFIG_DIR` in WORK_DIR (log:
+#   lg_start BIN CONFIG_DIR WORK_DIR  starts `BIN serve --config CONFIG_DIR` in WORK_DIR (log,
+#                                     appended to across restarts:
 #                                     WORK_DIR/gateway.log); sets LG_PID
 #   lg_wait_ready URL SECS            waits for URL/readyz, failing early if the gateway exits
 #   lg_pg_port PG_DIR                 the port of the cluster running in PG_DIR
@@ -29,7 +30,7 @@ lg_start() {
     case $v in GATEWAY_*) unset_args+=(-u "$v") ;; esac
   done
   (cd "$work" && exec env "${unset_args[@]}" NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" \
-    "$bin" serve --config "$config") >"$work/gateway.log" 2>&1 &
+    "$bin" serve --config "$config") >>"$work/gateway.log" 2>&1 &
   LG_PID=$!
 }
 
