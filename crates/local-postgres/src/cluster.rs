@@ -612,14 +612,20 @@ if [ "$remove" = 1 ]; then rm -rf "$dir"; fi"#;
                 });
             }
             let password = Password::generate();
+            // The statement holds the password: neither sqlx's statement log nor the server's
+            // log of a failed statement may show it.
+            use sqlx::ConnectOptions as _;
             let options = sqlx::postgres::PgConnectOptions::new_without_pgpass()
                 .host("127.0.0.1")
                 .port(self.port)
                 .username(SUPERUSER)
                 .database("postgres")
-                .ssl_mode(sqlx::postgres::PgSslMode::Disable);
+                .ssl_mode(sqlx::postgres::PgSslMode::Disable)
+                .log_statements(log::LevelFilter::Off)
+                .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(3600));
             let sql = format!(
-                "SET password_encryption = 'scram-sha-256'; ALTER ROLE {SUPERUSER} PASSWORD '{}'",
+                "SET log_min_error_statement = panic; SET password_encryption = 'scram-sha-256'; \
+                 ALTER ROLE {SUPERUSER} PASSWORD '{}'",
                 password.0
             );
             block_on(async move {
