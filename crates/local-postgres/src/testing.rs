@@ -24,6 +24,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection as _, Executor as _, PgConnection, PgPool};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::OnceLock;
 
 /// The server tests create their databases on.
@@ -112,31 +113,51 @@ impl Drop for DbGuard {
             return;
         }
         // Drop can't await, and may run inside a runtime: drop the database from a thread with
-        // a runtime of its own.
+        // a runtime of its own. DROP DATABASE waits until every backend of the server has
+        // answered a signal barrier, and a backend in the middle of its password handshake
+        // answers only once its client has replied. If that client is a task of the runtime this
+        // drop blocks, neither can move (until authentication_timeout, 60 s). So a worker of a
+        // multi-threaded runtime hands its tasks to the others while it waits
+        // (`block_in_place`), and on any other thread the wait is bounded: past it, the drop
+        // finishes in the background.
         let admin = self.server.admin.clone();
         let sql = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);
-        let dropped = std::thread::spawn(move || -> anyhow::Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let mut conn = PgConnection::connect_with(&admin).await?;
-                conn.execute(sql.as_str()).await?;
-                conn.close().await?;
-                Ok(())
-            })
-        })
-        .join();
-        match dropped {
-            Ok(Ok(())) => {}
+        let (done, dropped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result = (|| -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async {
+                    let mut conn = PgConnection::connect_with(&admin).await?;
+                    conn.execute(sql.as_str()).await?;
+                    conn.close().await?;
+                    Ok(())
+                })
+            })();
+            let _ = done.send(result);
+        });
+        let wait = || dropped.recv_timeout(DROP_WAIT);
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let outcome = if multi_threaded {
+            tokio::task::block_in_place(wait)
+        } else {
+            wait()
+        };
+        match outcome {
+            Ok(Ok(())) | Err(RecvTimeoutError::Timeout) => {}
             Ok(Err(e)) => eprintln!("cannot drop test database {}: {e:#}", self.name),
-            Err(_) => eprintln!(
+            Err(RecvTimeoutError::Disconnected) => eprintln!(
                 "cannot drop test database {}: the thread panicked",
                 self.name
             ),
         }
     }
 }
+
+/// How long dropping a [`DbGuard`] waits for `DROP DATABASE` outside a multi-threaded runtime.
+const DROP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Server {
     fn describe(&self) -> String {
