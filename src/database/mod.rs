@@ -6,8 +6,8 @@
 
 pub mod connect;
 
-/// Kept so that code written against `gateway::database::testing` still builds; new code uses
-/// `local_postgres::testing` (a dev-dependency of nothing else in the service).
+/// Kept so that tests written against `gateway::database::testing` (on branches made before the
+/// move) still build; new tests use `local_postgres::{fresh_database, DbGuard}` directly.
 pub use local_postgres::testing;
 pub use local_postgres::{ClusterError, ClusterOptions, LocalCluster, PgBinaries};
 
