@@ -1,6 +1,7 @@
 //! The `gateway` command line.
 
 pub mod check;
+pub mod forget;
 pub mod map;
 pub mod serve;
 
@@ -26,6 +27,10 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Find or create the Iterable list for an Engage audience key.
     EnsureList(check::EnsureListArgs),
+    /// Delete a user (GDPR/CCPA) at Iterable and from the audit log; suppress their later events.
+    Forget(forget::ForgetArgs),
+    /// Lift a user's suppression (and, after a GDPR forget, ask Iterable to unforget them).
+    Unforget(forget::WhoArgs),
 }
 
 /// Reads a JSON file given on the command line, saying which file is wrong.

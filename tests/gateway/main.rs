@@ -14,4 +14,5 @@ mod oracle_probes;
 mod properties;
 mod segment_delivery;
 mod tokens_and_subscriptions;
+mod user_deletion;
 mod webhook_types;
