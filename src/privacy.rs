@@ -163,7 +163,11 @@ pub async fn lift(pool: &PgPool, connection: &str, who: &Identity) -> Result<Lif
 /// One deletion as `audit_deletions` shows it, as JSON (`None`: no such id).
 pub async fn status(pool: &PgPool, id: i64) -> Result<Option<Value>, PrivacyError> {
     let row: Option<Value> = sqlx::query_scalar(
-        "SELECT to_jsonb(d) - 'identities' FROM audit_deletions d WHERE d.id = $1",
+        "SELECT to_json(d) FROM (
+             SELECT id, connection, mode, source, route, message_id, requested_at, completed_at,
+                    outcome, iterable_endpoint, iterable_status, iterable_code, iterable_answer,
+                    reason, redacted, suppressing
+             FROM audit_deletions WHERE id = $1) d",
     )
     .bind(id)
     .fetch_optional(pool)

@@ -285,7 +285,7 @@ async fn a_deletion_reaches_iterable_once_suppresses_the_user_and_leaves_no_trac
     assert_eq!(batch["batch"][0]["messageId"], "with-delete");
     assert_eq!(
         batch["batch"][1],
-        json!({"type": "delete", "redacted": "user deletion 1"})
+        json!({"type": "delete", "messageId": "delete-1", "redacted": "user deletion 1"})
     );
 
     // The tombstone: hashes, what was asked, Iterable's answer without the user.
@@ -662,4 +662,43 @@ fn gateway_map_shows_the_deletion_request_of_a_delete_message() {
         .as_str()
         .unwrap()
         .contains("\"deletion\" must be \"delete\" or \"forget\""));
+}
+
+#[tokio::test]
+async fn a_refused_deletion_is_kept_as_failed_with_iterables_answer_and_the_log_is_still_redacted()
+{
+    let app = spawn_app_with(settings(json!({}), None)).await;
+    accept(&app).await;
+    Mock::given(method("DELETE"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "msg": format!("User does not exist. Email:  UserId: {USER}"), "code": "BadParams", "params": null})))
+        .mount(&app.iterable)
+        .await;
+    post_v1(&app, "track", &track("x-1", USER, "Signed Up")).await;
+    app.drain_until_settled().await;
+    post_v1(
+        &app,
+        "track",
+        &json!({"type": "delete", "userId": USER, "messageId": "x-del"}),
+    )
+    .await;
+    app.drain_until_settled().await;
+    let d = deletions(&app).await;
+    assert_eq!(
+        (
+            &d[0]["outcome"],
+            &d[0]["iterable_status"],
+            &d[0]["iterable_code"]
+        ),
+        (&json!("failed"), &json!(400), &json!("BadParams"))
+    );
+    assert!(
+        d[0]["reason"].as_str().unwrap().contains("<redacted>"),
+        "{:#}",
+        d[0]
+    );
+    assert_eq!(mentions(&app, USER).await, Vec::<String>::new());
+    // The gateway's own suppression holds whatever Iterable said.
+    post_v1(&app, "track", &track("x-2", USER, "Again")).await;
+    assert_eq!(state_of(&app, "x-2").await.0, "skipped");
 }
