@@ -170,7 +170,7 @@ async fn attempt(
             endpoint: path,
             method: request.endpoint.method(),
             url: &send::url(request),
-            request_headers: &send::audit_headers(),
+            request_headers: &send::audit_headers(request.endpoint),
             request_body: request
                 .endpoint
                 .sends_body()

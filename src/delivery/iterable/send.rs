@@ -4,17 +4,18 @@ use super::requests::Request;
 use crate::audit::redact;
 use crate::delivery::http::{call, Reply, JSON};
 use crate::delivery::Clients;
-use crate::iterable::api::API_KEY_HEADER;
+use crate::iterable::api::{Endpoint, API_KEY_HEADER};
 use reqwest::header::CONTENT_TYPE;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
-/// The request headers as the audit log keeps them.
-pub(super) fn audit_headers() -> Value {
-    redact::headers([
-        (API_KEY_HEADER, b"-".as_slice()),
-        (CONTENT_TYPE.as_str(), JSON.as_bytes()),
-    ])
+/// The request headers as the audit log keeps them (a `DELETE` has no body, so no type).
+pub(super) fn audit_headers(endpoint: Endpoint) -> Value {
+    let key = (API_KEY_HEADER, b"-".as_slice());
+    match endpoint.sends_body() {
+        true => redact::headers([key, (CONTENT_TYPE.as_str(), JSON.as_bytes())]),
+        false => redact::headers([key]),
+    }
 }
 
 pub(super) fn url(request: &Request) -> String {
