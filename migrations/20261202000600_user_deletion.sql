@@ -256,6 +256,9 @@ DECLARE
     ids text[];
     emails text[];
     everything text[];
+    -- Any of the values, any case, raw or as JSON escapes them: the cheap test that picks the
+    -- rows worth a closer look (one regular expression, no function call per row).
+    pattern text;
     users_events bigint[];
     n_events bigint;
     n_requests bigint;
@@ -271,15 +274,19 @@ BEGIN
     IF cardinality(everything) = 0 THEN
         RETURN '{}'::jsonb;
     END IF;
+    SELECT string_agg(DISTINCT gateway_regex_literal(x), '|') INTO pattern
+    FROM unnest(everything) v,
+         LATERAL (VALUES (v), (replace(v, '/', '\/')),
+                         (substr(to_json(v)::text, 2, length(to_json(v)::text) - 2))) AS t(x);
 
     WITH hit AS (
         SELECT e.id, e.received_at, gateway_identity_hashes(e.payload) && hashes AS users
         FROM event e
         WHERE e.connection = conn
-          AND (gateway_identity_hashes(e.payload) && hashes
-               OR gateway_may_mention(e.payload::text, everything)
-               OR gateway_may_mention(e.user_key, everything)
-               OR gateway_may_mention(e.state_reason, everything))),
+          AND (e.payload::text ~* pattern OR e.user_key ~* pattern OR e.state_reason ~* pattern)
+          -- Another deletion of this user still waiting to be sent keeps its payload: it
+          -- needs it, and its own answer redacts it.
+          AND NOT (e.call_type = 'delete' AND e.state = 'pending')),
     changed AS (
         UPDATE event e SET
             payload = CASE WHEN hit.users
@@ -310,8 +317,7 @@ BEGIN
             headers = gateway_scrub_json(r.headers, ids, emails)
         WHERE (r.connection = conn OR r.connection IS NULL)
           AND (gateway_may_mention(gateway_body_text(r.body), everything)
-               OR gateway_may_mention(r.error_message, everything)
-               OR gateway_may_mention(r.headers::text, everything))
+               OR r.error_message ~* pattern OR r.headers::text ~* pattern)
         RETURNING 1)
     SELECT count(*) INTO n_requests FROM changed;
 
@@ -327,10 +333,8 @@ BEGIN
                        ELSE gateway_scrub_text(d.url, ids, emails) END
         WHERE d.connection = conn
           AND (d.event_ids && (users_events || request_event)
-               OR gateway_may_mention(d.request_body::text, everything)
-               OR gateway_may_mention(d.response_body, everything)
-               OR gateway_may_mention(d.error, everything)
-               OR gateway_may_mention(d.url, everything))
+               OR d.request_body::text ~* pattern OR d.response_body ~* pattern
+               OR d.error ~* pattern OR d.url ~* pattern)
         RETURNING 1)
     SELECT count(*) INTO n_attempts FROM changed;
 

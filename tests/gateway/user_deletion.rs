@@ -2,7 +2,7 @@
 //! route and `gateway forget` / `unforget`, against wiremock as Iterable and Segment; the audit
 //! log searched, column by column, for the user afterwards.
 
-use crate::app::{spawn_app_with, TestApp, SHARED_SECRET, WRITE_KEY};
+use crate::app::{spawn_app_with, TestApp, SHARED_SECRET};
 use crate::cli_map::gateway_map;
 use gateway::privacy::{self, Identity};
 use hmac::{Hmac, Mac};
@@ -615,7 +615,6 @@ async fn gateway_forget_and_unforget_go_through_the_outbox() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no connection \"nope\""));
-    let _ = WRITE_KEY;
 }
 
 #[test]
