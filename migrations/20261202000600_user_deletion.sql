@@ -259,6 +259,8 @@ DECLARE
     -- Any of the values, any case, raw or as JSON escapes them: the cheap test that picks the
     -- rows worth a closer look (one regular expression, no function call per row).
     pattern text;
+    -- The same for bytes (inbound bodies), over encode(body, 'escape').
+    byte_pattern text;
     users_events bigint[];
     n_events bigint;
     n_requests bigint;
@@ -278,10 +280,25 @@ BEGIN
     FROM unnest(everything) v,
          LATERAL (VALUES (v), (replace(v, '/', '\/')),
                          (substr(to_json(v)::text, 2, length(to_json(v)::text) - 2))) AS t(x);
+    SELECT string_agg(DISTINCT gateway_regex_literal(encode(convert_to(x, 'UTF8'), 'escape')), '|')
+    INTO byte_pattern
+    FROM unnest(everything) v, LATERAL (VALUES (v), (replace(v, '/', '\/'))) AS t(x);
 
+    -- Each table: the candidate rows (the pattern), their redacted values, and an update of
+    -- only the rows that change.
     WITH hit AS (
-        SELECT e.id, e.received_at, gateway_identity_hashes(e.payload) && hashes AS users
+        SELECT e.id, e.received_at, u.users,
+               u.users AND e.state = 'pending' AND e.id <> request_event AS stop,
+               CASE WHEN u.users
+                    THEN jsonb_strip_nulls(jsonb_build_object(
+                         'type', e.payload -> 'type', 'messageId', e.payload -> 'messageId',
+                         'redacted', label))
+                    ELSE gateway_scrub_json(e.payload, ids, emails) END AS payload,
+               CASE WHEN u.users THEN 'deleted:' || deletion
+                    ELSE gateway_scrub_text(e.user_key, ids, emails) END AS user_key,
+               gateway_scrub_text(e.state_reason, ids, emails) AS state_reason
         FROM event e
+        CROSS JOIN LATERAL (SELECT gateway_identity_hashes(e.payload) && hashes AS users) u
         WHERE e.connection = conn
           AND (e.payload::text ~* pattern OR e.user_key ~* pattern OR e.state_reason ~* pattern)
           -- Another deletion of this user still waiting to be sent keeps its payload: it
@@ -289,52 +306,70 @@ BEGIN
           AND NOT (e.call_type = 'delete' AND e.state = 'pending')),
     changed AS (
         UPDATE event e SET
-            payload = CASE WHEN hit.users
-                           THEN jsonb_strip_nulls(jsonb_build_object(
-                                'type', e.payload -> 'type', 'messageId', e.payload -> 'messageId',
-                                'redacted', label))
-                           ELSE gateway_scrub_json(e.payload, ids, emails) END,
-            user_key = CASE WHEN hit.users THEN 'deleted:' || deletion
-                            ELSE gateway_scrub_text(e.user_key, ids, emails) END,
-            state = CASE WHEN e.state = 'pending' AND hit.users AND e.id <> request_event
-                         THEN 'skipped' ELSE e.state END,
-            state_reason = CASE WHEN e.state = 'pending' AND hit.users AND e.id <> request_event
-                                THEN format('suppressed: %s', label)
-                                ELSE gateway_scrub_text(e.state_reason, ids, emails) END,
-            lease_until = CASE WHEN e.state = 'pending' AND hit.users AND e.id <> request_event
-                               THEN NULL ELSE e.lease_until END,
+            payload = hit.payload,
+            user_key = hit.user_key,
+            -- The user's events still pending are never delivered (as at the request).
+            state = CASE WHEN hit.stop THEN 'skipped' ELSE e.state END,
+            state_reason = CASE WHEN hit.stop THEN format('suppressed: %s', label)
+                                ELSE hit.state_reason END,
+            lease_until = CASE WHEN hit.stop THEN NULL ELSE e.lease_until END,
             updated_at = now()
         FROM hit
         WHERE e.id = hit.id AND e.received_at = hit.received_at
+          AND (hit.users OR hit.payload IS DISTINCT FROM e.payload
+               OR hit.user_key IS DISTINCT FROM e.user_key
+               OR hit.state_reason IS DISTINCT FROM e.state_reason)
         RETURNING e.id, hit.users)
     SELECT count(*), coalesce(array_agg(id) FILTER (WHERE users), '{}')
     INTO n_events, users_events FROM changed;
 
-    WITH changed AS (
-        UPDATE inbound_request r SET
-            body = coalesce(gateway_redact_body(r.body, hashes, ids, emails, deletion), r.body),
-            error_message = gateway_scrub_text(r.error_message, ids, emails),
-            headers = gateway_scrub_json(r.headers, ids, emails)
+    WITH hit AS (
+        SELECT r.id, r.received_at,
+               gateway_redact_body(r.body, hashes, ids, emails, deletion) AS body,
+               gateway_scrub_text(r.error_message, ids, emails) AS error_message,
+               gateway_scrub_json(r.headers, ids, emails) AS headers
+        FROM inbound_request r
         WHERE (r.connection = conn OR r.connection IS NULL)
-          AND (gateway_may_mention(gateway_body_text(r.body), everything)
-               OR r.error_message ~* pattern OR r.headers::text ~* pattern)
+          AND (encode(r.body, 'escape') ~* byte_pattern
+               -- a JSON body may spell any character as \uXXXX: looked at closely
+               OR position('\x5c75'::bytea IN r.body) > 0
+               OR r.error_message ~* pattern OR r.headers::text ~* pattern)),
+    changed AS (
+        UPDATE inbound_request r SET
+            body = coalesce(hit.body, r.body),
+            error_message = hit.error_message,
+            headers = hit.headers
+        FROM hit
+        WHERE r.id = hit.id AND r.received_at = hit.received_at
+          AND (hit.body IS NOT NULL OR hit.error_message IS DISTINCT FROM r.error_message
+               OR hit.headers IS DISTINCT FROM r.headers)
         RETURNING 1)
     SELECT count(*) INTO n_requests FROM changed;
 
-    WITH changed AS (
-        UPDATE delivery_attempt d SET
-            request_body = gateway_redact_json(d.request_body, hashes, ids, emails, deletion),
-            response_body = gateway_scrub_answer(d.response_body, ids, emails),
-            error = gateway_scrub_text(d.error, ids, emails),
-            -- A deletion by path names its user, percent-encoded, in the URL.
-            url = CASE WHEN d.endpoint IN ('/api/users/{email}', '/api/users/byUserId/{userId}')
-                            AND d.event_ids && (users_events || request_event)
-                       THEN regexp_replace(d.url, '/api/users/(byUserId/)?[^/?#]*$', '/api/users/\1<redacted>')
-                       ELSE gateway_scrub_text(d.url, ids, emails) END
+    WITH hit AS (
+        SELECT d.id, d.attempted_at,
+               gateway_redact_json(d.request_body, hashes, ids, emails, deletion) AS request_body,
+               gateway_scrub_answer(d.response_body, ids, emails) AS response_body,
+               gateway_scrub_text(d.error, ids, emails) AS error,
+               -- A deletion by path names its user, percent-encoded, in the URL.
+               CASE WHEN d.endpoint IN ('/api/users/{email}', '/api/users/byUserId/{userId}')
+                         AND d.event_ids && (users_events || request_event)
+                    THEN regexp_replace(d.url, '/api/users/(byUserId/)?[^/?#]*$', '/api/users/\1<redacted>')
+                    ELSE gateway_scrub_text(d.url, ids, emails) END AS url
+        FROM delivery_attempt d
         WHERE d.connection = conn
           AND (d.event_ids && (users_events || request_event)
                OR d.request_body::text ~* pattern OR d.response_body ~* pattern
-               OR d.error ~* pattern OR d.url ~* pattern)
+               OR d.error ~* pattern OR d.url ~* pattern)),
+    changed AS (
+        UPDATE delivery_attempt d SET
+            request_body = hit.request_body, response_body = hit.response_body,
+            error = hit.error, url = hit.url
+        FROM hit
+        WHERE d.id = hit.id AND d.attempted_at = hit.attempted_at
+          AND (hit.request_body IS DISTINCT FROM d.request_body
+               OR hit.response_body IS DISTINCT FROM d.response_body
+               OR hit.error IS DISTINCT FROM d.error OR hit.url IS DISTINCT FROM d.url)
         RETURNING 1)
     SELECT count(*) INTO n_attempts FROM changed;
 

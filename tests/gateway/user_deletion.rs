@@ -674,6 +674,17 @@ async fn a_refused_deletion_is_kept_as_failed_with_iterables_answer_and_the_log_
         .mount(&app.iterable)
         .await;
     post_v1(&app, "track", &track("x-1", USER, "Signed Up")).await;
+    // A body that spells the user with JSON escapes ("\/", "\u0040") is found too.
+    let raw = r#"{"type":"identify","userId":"usr\/7f3a+del","messageId":"x-0","traits":{"email":"Dana.Deleted+gdpr\u0040example.org"}}"#;
+    let res = app
+        .api
+        .post(format!("{}/v1/identify", app.address))
+        .basic_auth(crate::app::WRITE_KEY, Some(""))
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
     app.drain_until_settled().await;
     post_v1(
         &app,
@@ -697,6 +708,16 @@ async fn a_refused_deletion_is_kept_as_failed_with_iterables_answer_and_the_log_
         d[0]
     );
     assert_eq!(mentions(&app, USER).await, Vec::<String>::new());
+    let (body,): (String,) = sqlx::query_as(
+        "SELECT gateway_body_text(body) FROM inbound_request WHERE route = '/v1/identify'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"type": "identify", "messageId": "x-0", "redacted": "user deletion 1"})
+    );
     // The gateway's own suppression holds whatever Iterable said.
     post_v1(&app, "track", &track("x-2", USER, "Again")).await;
     assert_eq!(state_of(&app, "x-2").await.0, "skipped");
