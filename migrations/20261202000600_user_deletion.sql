@@ -388,6 +388,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     r record;
     hashes text[];
+    pattern text;
     asked text;
     deletion bigint;
     requests bigint[] := '{}';
@@ -403,8 +404,12 @@ BEGIN
     FOR r IN SELECT * FROM new_events n
              WHERE n.call_type = 'delete' AND n.state = 'pending' AND n.direction = 'segment_to_iterable'
              ORDER BY n.id LOOP
-        hashes := ARRAY(SELECT gateway_identity_hash(kind, value)
-                        FROM gateway_deletion_identities(r.connection, r.payload));
+        SELECT array_agg(gateway_identity_hash(kind, value)),
+               string_agg(gateway_regex_literal(substr(to_json(value)::text, 2,
+                                                       length(to_json(value)::text) - 2)), '|')
+        INTO hashes, pattern
+        FROM gateway_deletion_identities(r.connection, r.payload);
+        hashes := coalesce(hashes, '{}');
         asked := r.payload -> 'context' -> 'gateway' ->> 'deletion';
         -- Only an operator lifts a forget (a Segment message cannot ask for an unforget).
         IF asked = 'unforget' AND r.payload -> 'context' -> 'gateway' ->> 'source' IS DISTINCT FROM 'operator' THEN
@@ -436,6 +441,8 @@ BEGIN
         WHERE e.connection = r.connection AND e.state = 'pending' AND e.id <> r.id
           AND (e.lease_until IS NULL OR e.lease_until < now())
           AND e.call_type IS DISTINCT FROM 'delete'
+          -- A regular expression first (cheap), the hashes of what it lets through.
+          AND e.payload::text ~* pattern
           AND gateway_identity_hashes(e.payload) && hashes;
     END LOOP;
 
