@@ -722,3 +722,24 @@ async fn a_refused_deletion_is_kept_as_failed_with_iterables_answer_and_the_log_
     post_v1(&app, "track", &track("x-2", USER, "Again")).await;
     assert_eq!(state_of(&app, "x-2").await.0, "skipped");
 }
+
+#[test]
+fn the_default_configuration_holds_iterables_deletion_rate_limits_and_camel_cased_paths_find_theirs(
+) {
+    let s = gateway::configuration::Settings::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config"
+    )))
+    .unwrap();
+    let limits = gateway::delivery::limiter::Limiters::new(&s.delivery.rate_limits);
+    use gateway::iterable::api::Endpoint::*;
+    let rates: Vec<u32> = [UsersForget, UsersUnforget, UsersDelete, UsersDeleteByUserId]
+        .iter()
+        .map(|e| limits.rate(e.path()))
+        .collect();
+    eprintln!("{:?}", s.delivery.rate_limits);
+    assert_eq!(rates, [3, 3, 100, 100]);
+    // The configuration loader lower-cases the keys; the camel-cased paths still find theirs.
+    assert_eq!(limits.rate("/api/users/bulkUpdate"), 5);
+    assert_eq!(limits.rate("/api/events/trackBulk"), 10);
+}
