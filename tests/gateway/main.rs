@@ -17,4 +17,5 @@ mod segment_delivery;
 mod startup_errors;
 mod tokens_and_subscriptions;
 mod ui;
+mod user_deletion;
 mod webhook_types;
