@@ -7,7 +7,6 @@
 //! to `--wait` seconds for Iterable's answer.
 
 use super::serve::{connect, ConfigArgs};
-use crate::configuration::Settings;
 use crate::database::migrate;
 use crate::mapping::Deletion;
 use crate::privacy::{self, Identity};
@@ -88,7 +87,7 @@ where
     F: FnOnce(sqlx::PgPool, String, Identity) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Option<i64>>>,
 {
-    let settings = Settings::load(&args.config.config)?;
+    let settings = args.config.load()?;
     if settings.connection(&args.connection).is_none() {
         let known: Vec<&str> = settings
             .connections
