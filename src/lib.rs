@@ -20,6 +20,7 @@ pub mod inbound;
 pub mod iterable;
 pub mod mapping;
 pub mod ops;
+pub mod privacy;
 pub mod segment;
 pub mod startup;
 pub mod telemetry;

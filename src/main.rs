@@ -18,6 +18,8 @@ fn main() -> ExitCode {
         Command::Audit(args) => gateway::cli::audit::run(args),
         Command::Replay(cmd) => gateway::cli::replay::run(cmd.args, cmd.json),
         Command::Config(args) => gateway::cli::config::run(args),
+        Command::Forget(args) => gateway::cli::forget::run_forget(args),
+        Command::Unforget(args) => gateway::cli::forget::run_unforget(args),
     };
     match result {
         Ok(code) => code,

@@ -358,13 +358,15 @@ pub fn render_requests(
                 if has_key {
                     headers.insert("Api-Key".into(), json!("<redacted>"));
                 }
-                headers.insert("Content-Type".into(), json!("application/json"));
-                let mut request = json!({
-                    "method": "POST",
-                    "url": format!("{}{}", hosts.base(dest.data_center), r.endpoint.path()),
-                    "headers": headers,
-                    "body": r.body,
-                });
+                let base = hosts.base(dest.data_center);
+                let url = format!("{base}{}", r.endpoint.request_path(&r.body));
+                // A user deletion by path sends no body: its user is in the URL.
+                let mut request = if r.endpoint.sends_body() {
+                    headers.insert("Content-Type".into(), json!("application/json"));
+                    json!({"method": "POST", "url": url, "headers": headers, "body": r.body})
+                } else {
+                    json!({"method": r.endpoint.method(), "url": url, "headers": headers})
+                };
                 // Token registrations: the key the dispatcher sends once per window by.
                 if let Some(once) = dest.once_key(r) {
                     request["sendOnce"] =

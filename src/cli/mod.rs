@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod check;
 pub mod config;
+pub mod forget;
 pub mod map;
 pub mod replay;
 pub mod serve;
@@ -36,6 +37,10 @@ pub enum Command {
     Replay(ReplayCmd),
     /// Print the effective configuration (secrets redacted) and where each value came from.
     Config(config::ConfigCmdArgs),
+    /// Delete a user (GDPR/CCPA) at Iterable and from the audit log; suppress their later events.
+    Forget(forget::ForgetArgs),
+    /// Lift a user's suppression (and, after a GDPR forget, ask Iterable to unforget them).
+    Unforget(forget::WhoArgs),
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,11 +1,11 @@
 //! `gateway serve` and `gateway migrate`.
 
 use crate::configuration::{Settings, Sources};
+use crate::database::connect::{self, Target};
 use crate::database::{migrate, ClusterOptions, LocalCluster};
 use crate::startup::Application;
 use clap::Args;
 use secrecy::ExposeSecret;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,12 +55,14 @@ where
 
 /// Connects to `database.url`, or starts (creating if needed) the gateway's own cluster under
 /// `database.dir` and uses its `gateway` database; the cluster is returned when this call
-/// started it, so that shutdown stops it again.
+/// started it, so that shutdown stops it again. A database that cannot be reached is named in
+/// the error (without its password), with the host, port and cause.
 pub async fn connect(settings: &Settings) -> anyhow::Result<(PgPool, Option<LocalCluster>)> {
     let db = &settings.database;
+    let timeout = Duration::from_millis(db.commit_timeout_ms);
     let mut own: Option<LocalCluster> = None;
-    let url = match &db.url {
-        Some(url) => url.expose_secret().to_string(),
+    let target = match &db.url {
+        Some(url) => Target::from_url(url.expose_secret())?,
         None => {
             let options = ClusterOptions {
                 port: (db.port != 0).then_some(db.port),
@@ -72,19 +74,30 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<(PgPool, Option<Loca
                 tokio::task::spawn_blocking(move || LocalCluster::ensure_with(&dir, &options))
                     .await??;
             let (dir, port) = (cluster.dir().display(), cluster.port());
+            let psql = format!(
+                "PGPASSFILE={} psql -h 127.0.0.1 -p {port} -U postgres gateway",
+                cluster.password_file().display()
+            );
             match (existed, cluster.started_here()) {
                 (false, _) => {
-                    tracing::info!(%dir, port, "Created and started the gateway's own PostgreSQL.")
+                    tracing::info!(%dir, port, %psql, "Created and started the gateway's own PostgreSQL.")
                 }
-                (true, true) => tracing::info!(%dir, port, "Started the gateway's own PostgreSQL."),
+                (true, true) => {
+                    tracing::info!(%dir, port, %psql, "Started the gateway's own PostgreSQL.")
+                }
                 (true, false) => {
-                    tracing::info!(%dir, port, "Reusing the gateway's own PostgreSQL, already running (it stays running when the gateway stops).")
+                    tracing::info!(%dir, port, %psql, "Reusing the gateway's own PostgreSQL, already running (it stays running when the gateway stops).")
                 }
             }
-            let admin = PgPoolOptions::new()
-                .max_connections(1)
-                .connect(&cluster.url("postgres"))
-                .await?;
+            let configured = format!(
+                "the gateway's own PostgreSQL in {} (database.dir)",
+                cluster.dir().display()
+            );
+            let admin = Target {
+                options: cluster.connect_options("postgres"),
+                configured: configured.clone(),
+            };
+            let admin = connect::pool(&admin, 1, timeout).await?;
             let exists: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'gateway')",
             )
@@ -95,19 +108,18 @@ pub async fn connect(settings: &Settings) -> anyhow::Result<(PgPool, Option<Loca
                     .execute(&admin)
                     .await?;
             }
-            let url = cluster.url("gateway");
+            admin.close().await;
+            let target = Target {
+                options: cluster.connect_options("gateway"),
+                configured,
+            };
             if cluster.started_here() {
                 own = Some(cluster);
             }
-            url
+            target
         }
     };
-    let pool = PgPoolOptions::new()
-        .max_connections(db.max_connections)
-        .acquire_timeout(Duration::from_millis(db.commit_timeout_ms))
-        .connect(&url)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {e}"))?;
+    let pool = connect::pool(&target, db.max_connections, timeout).await?;
     Ok((pool, own))
 }
 

@@ -39,8 +39,33 @@ pub async fn post_json(
     credential: Option<(&str, &str)>,
     body: String,
 ) -> Reply {
+    call(
+        clients,
+        reqwest::Method::POST,
+        connection,
+        path,
+        url,
+        credential,
+        Some(body),
+    )
+    .await
+}
+
+/// [`post_json`] for any method; `None`: no body (Iterable's `DELETE` user deletions).
+pub async fn call(
+    clients: &Clients,
+    method: reqwest::Method,
+    connection: &str,
+    path: &str,
+    url: &str,
+    credential: Option<(&str, &str)>,
+    body: Option<String>,
+) -> Reply {
     clients.limiters.wait(connection, path).await;
-    let mut builder = clients.http.post(url).header(CONTENT_TYPE, JSON).body(body);
+    let mut builder = clients.http.request(method, url);
+    if let Some(body) = body {
+        builder = builder.header(CONTENT_TYPE, JSON).body(body);
+    }
     if let Some((name, value)) = credential {
         builder = builder.header(name, value);
     }

@@ -33,10 +33,13 @@ impl Limiters {
         }
     }
 
-    /// The configured rate of a path.
+    /// The configured rate of a path. The `config` crate lower-cases table keys when it loads
+    /// `default.toml`, so `"/api/users/bulkUpdate"` arrives as `/api/users/bulkupdate`: a path
+    /// is looked up as written, then lower-cased.
     pub fn rate(&self, path: &str) -> u32 {
         self.rates
             .get(path)
+            .or_else(|| self.rates.get(&path.to_ascii_lowercase()))
             .or_else(|| self.rates.get(DEFAULT_KEY))
             .copied()
             .unwrap_or(0)

@@ -15,6 +15,7 @@ pub mod reverse;
 pub mod schema;
 mod settings;
 
+pub use actions::delete_user::Deletion;
 pub use actions::{Action, ActionError, ListsFlavor, PlannedRequest, PushOptions};
 pub use settings::{default_mapping, ConfigError, Destination, Subscription};
 
@@ -54,6 +55,9 @@ pub enum Mode {
 impl Destination {
     /// Maps one event through every subscription whose trigger matches it.
     pub fn plan(&self, event: &SegmentEvent, now_ms: i64) -> Vec<Outcome> {
+        if event.call_type() == CallType::Delete {
+            return vec![self.plan_deletion(event)];
+        }
         if let Some(reason) = filters::skip_reason(event.as_value()) {
             return vec![Outcome::Skipped { reason }];
         }
@@ -71,7 +75,27 @@ impl Destination {
 
     /// Whether any subscription's trigger matches (ingest decides pending or skipped with it).
     pub fn matches_any(&self, event: &SegmentEvent) -> bool {
-        self.matching(event).next().is_some()
+        event.call_type() == CallType::Delete || self.matching(event).next().is_some()
+    }
+
+    /// A `delete` message: the deletion of its user, whatever the subscriptions (see
+    /// `actions::delete_user`).
+    fn plan_deletion(&self, event: &SegmentEvent) -> Outcome {
+        let action = Action::DeleteUser;
+        let result = self
+            .prepare_with(
+                &self.deletion_mapping,
+                action,
+                event.as_value(),
+                Mode::Single,
+            )
+            .and_then(|payload| {
+                actions::delete_user::perform(payload, self.deletion, self.user_id_project)
+            });
+        match result {
+            Ok(requests) => Outcome::Requests { action, requests },
+            Err(error) => Outcome::Error { action, error },
+        }
     }
 
     pub(crate) fn matching<'a>(
@@ -120,8 +144,18 @@ impl Destination {
         event: &Value,
         mode: Mode,
     ) -> Result<Map<String, Value>, ActionError> {
-        let schema = sub.action.schema(self.lists_flavor);
-        let mut payload = match sub.mapping.resolve(event) {
+        self.prepare_with(&sub.mapping, sub.action, event, mode)
+    }
+
+    fn prepare_with(
+        &self,
+        mapping: &kit::Mapping,
+        action: Action,
+        event: &Value,
+        mode: Mode,
+    ) -> Result<Map<String, Value>, ActionError> {
+        let schema = action.schema(self.lists_flavor);
+        let mut payload = match mapping.resolve(event) {
             Some(Value::Object(m)) => m,
             _ => Map::new(),
         };
@@ -179,6 +213,9 @@ impl Destination {
             }
             Action::RegisterBrowserToken => register_token::perform_browser(payload),
             Action::UpdateSubscriptions => update_subscriptions::perform(payload),
+            Action::DeleteUser => {
+                delete_user::perform(payload, self.deletion, self.user_id_project)
+            }
         }
     }
 

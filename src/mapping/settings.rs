@@ -5,6 +5,7 @@
 //! `dataCenterLocation`), the classic page settings (`map_pages_to_single_event`, ...), and the
 //! gateway's options. Unknown keys are errors, so that a typo does not silently change nothing.
 
+use super::actions::delete_user::Deletion;
 use super::actions::{Action, ListsFlavor, PushOptions};
 use super::fql::Trigger;
 use super::kit::Mapping;
@@ -39,6 +40,10 @@ pub struct Destination {
     pub user_id_project: bool,
     /// The token actions' settings.
     pub push: PushOptions,
+    /// `deletion`: what a `delete` message asks Iterable (`delete` or `forget`).
+    pub deletion: Deletion,
+    /// The `deleteUser` mapping (presets.json), run on every `delete` message.
+    pub deletion_mapping: Mapping,
 }
 
 /// A setting or subscription that cannot be used, and why.
@@ -61,7 +66,7 @@ pub enum ConfigError {
 const KNOWN: &str = "apiKey, dataCenterLocation, map_pages_to_single_event, track_all_pages, \
 track_categorized_pages, track_named_pages, pageCalls, cartEvents, aliasToUpdateEmail, syncLists, \
 listsDestination, iterableProjectType, pushTokens, pushApplicationName, apnsSandbox, \
-pushTokenWindowHours, updateSubscriptions, subscriptions";
+pushTokenWindowHours, updateSubscriptions, deletion, subscriptions";
 
 impl Default for Destination {
     fn default() -> Self {
@@ -182,8 +187,22 @@ impl Destination {
             apns_sandbox: boolean("apnsSandbox", false)?,
             window_secs: (window_hours * 3600.0).round() as u64,
         };
+        let deletion = match string("deletion")? {
+            None | Some("delete") => Deletion::Delete,
+            Some("forget") => Deletion::Forget,
+            Some(_) => {
+                return Err(ConfigError::WrongType {
+                    key: "deletion".into(),
+                    expected: "\"delete\" or \"forget\"",
+                })
+            }
+        };
+        let deletion_mapping = Mapping::compile(default_mapping(Action::DeleteUser, lists_flavor))
+            .expect("the deleteUser preset compiles");
         Ok(Destination {
             push,
+            deletion,
+            deletion_mapping,
             subscriptions,
             data_center: DataCenter::from_setting(string("dataCenterLocation")?),
             page,

@@ -2,7 +2,6 @@
 
 mod app;
 mod cli_map;
-mod database;
 mod delivery;
 mod differential;
 mod helpers;
@@ -12,8 +11,11 @@ mod iterable_webhook;
 mod mapping_vectors;
 mod operate;
 mod oracle_probes;
+mod partitions;
 mod properties;
 mod segment_delivery;
+mod startup_errors;
 mod tokens_and_subscriptions;
 mod ui;
+mod user_deletion;
 mod webhook_types;

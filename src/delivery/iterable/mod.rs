@@ -168,10 +168,13 @@ async fn attempt(
             connection: &request.conn.name,
             direction: Direction::SegmentToIterable,
             endpoint: path,
-            method: "POST",
+            method: request.endpoint.method(),
             url: &send::url(request),
-            request_headers: &send::audit_headers(),
-            request_body: Some(&request.wire),
+            request_headers: &send::audit_headers(request.endpoint),
+            request_body: request
+                .endpoint
+                .sends_body()
+                .then_some(request.wire.as_str()),
             attempt: events.map(|e| e.attempts).max().unwrap_or(1),
             dry_run,
             status: reply.as_ref().and_then(|r| r.status()),

@@ -6,6 +6,7 @@
 //! requests. Bodies keep JavaScript's key order: keys that the code assigns over an existing key
 //! keep its place, new keys are appended.
 
+pub mod delete_user;
 mod items;
 pub mod register_token;
 pub mod sync_audience;
@@ -40,6 +41,9 @@ pub enum Action {
     RegisterBrowserToken,
     /// `/api/users/updateSubscriptions` (a gateway option; Segment's exists only on staging).
     UpdateSubscriptions,
+    /// A `delete` message → Iterable's user deletion or GDPR forget (issue 11; not a
+    /// subscription: every connection has it).
+    DeleteUser,
 }
 
 impl Action {
@@ -54,6 +58,7 @@ impl Action {
             Action::RegisterDeviceToken => "registerDeviceToken",
             Action::RegisterBrowserToken => "registerBrowserToken",
             Action::UpdateSubscriptions => "updateSubscriptions",
+            Action::DeleteUser => "deleteUser",
         }
     }
 
@@ -85,6 +90,7 @@ impl Action {
             Action::RegisterDeviceToken => &register_token::DEVICE_SCHEMA,
             Action::RegisterBrowserToken => &register_token::BROWSER_SCHEMA,
             Action::UpdateSubscriptions => &update_subscriptions::SCHEMA,
+            Action::DeleteUser => &delete_user::SCHEMA,
         }
     }
 
