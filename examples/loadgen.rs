@@ -1211,6 +1211,29 @@ async fn storage(args: StorageArgs) -> anyhow::Result<()> {
         .fetch_one(&db)
         .await?;
     let tables = table_bytes(&db).await.unwrap_or_default();
+    // Where the bytes are: the indexes apart, and the table's dead row versions (claims and
+    // settles are UPDATEs, each writing a new version until vacuum prunes the old).
+    let split: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT coalesce(pg_partition_root(c.oid), c.oid)::regclass::text, \
+                sum(pg_indexes_size(c.oid))::bigint, \
+                sum(coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0))::bigint, \
+                sum(coalesce(s.n_live_tup, 0))::bigint, sum(coalesce(s.n_dead_tup, 0))::bigint \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid \
+         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'm') GROUP BY 1",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap_or_default();
+    let split: serde_json::Map<String, serde_json::Value> = split
+        .into_iter()
+        .map(|(t, idx, toast, live, dead)| {
+            (
+                t,
+                serde_json::json!({"index_bytes": idx, "toast_bytes": toast, "live_rows": live, "dead_rows": dead}),
+            )
+        })
+        .collect();
     // The event's JSON as a Segment library sends it: the same generator, compact.
     let mut maker = BatchMaker::new(&args.mix, "lgstorage0", 0);
     let (mut json_bytes, mut body_bytes, mut n) = (0usize, 0usize, 0usize);
@@ -1225,7 +1248,7 @@ async fn storage(args: StorageArgs) -> anyhow::Result<()> {
     let per_event = total as f64 / events.max(1) as f64;
     let row = serde_json::json!({
         "mode": "storage", "events": events, "pending": pending, "drain_seconds": waited,
-        "table_bytes": tables, "total_bytes": total, "bytes_per_event": per_event,
+        "table_bytes": tables, "split": split, "total_bytes": total, "bytes_per_event": per_event,
         "json_bytes_per_event": json_per_event,
         "batch_body_bytes_per_event": body_bytes as f64 / n as f64,
         "multiple": per_event / json_per_event, "loadavg": loadavg(),
@@ -1390,8 +1413,10 @@ fn print_storage(r: &serde_json::Value) {
         num(r, "drain_seconds"),
         text(r, "loadavg")
     );
-    println!("| table | MB | bytes per event |");
-    println!("|---|--:|--:|");
+    println!(
+        "| table | MB | bytes per event | of which indexes | of which TOAST | live / dead rows |"
+    );
+    println!("|---|--:|--:|--:|--:|--:|");
     if let Some(t) = r.get("table_bytes").and_then(|t| t.as_object()) {
         let mut t: Vec<_> = t
             .iter()
@@ -1399,15 +1424,30 @@ fn print_storage(r: &serde_json::Value) {
             .collect();
         t.sort_by(|a, b| b.1.total_cmp(&a.1));
         for (name, bytes) in t {
+            let part = |k: &str| {
+                r.get("split")
+                    .and_then(|s| s.get(name))
+                    .and_then(|s| s.get(k))
+                    .and_then(|v| v.as_f64())
+            };
+            let per_event = |k: &str| {
+                part(k)
+                    .map(|b| format!("{:.0}", b / events.max(1.0)))
+                    .unwrap_or_else(|| "–".into())
+            };
             println!(
-                "| {name} | {} | {:.0} |",
+                "| {name} | {} | {:.0} | {} | {} | {} / {} |",
                 mb(bytes),
-                bytes / events.max(1.0)
+                bytes / events.max(1.0),
+                per_event("index_bytes"),
+                per_event("toast_bytes"),
+                part("live_rows").unwrap_or(f64::NAN),
+                part("dead_rows").unwrap_or(f64::NAN),
             );
         }
     }
     println!(
-        "| **all tables** | {} | **{:.0}** |",
+        "| **all tables** | {} | **{:.0}** | | | |",
         mb(num(r, "total_bytes")),
         num(r, "bytes_per_event")
     );
