@@ -1,9 +1,20 @@
-//! Secrets never reach the database or the logs: headers are recorded with their values
-//! replaced when they carry credentials.
+//! Secrets never reach the database or the logs.
+//!
+//! A [`Scrubber`] knows every configured secret of every connection and removes each one from
+//! any bytes by a byte-level search (Aho-Corasick over all secrets at once) that does not depend
+//! on the bytes being JSON, complete or of the connection that sent them: a body with a trailing
+//! comma, a truncated body, the bounded prefix of a gzip bomb, a write key of one connection in
+//! a request authenticated as another. Bodies are scrubbed before anything is written.
+//!
+//! Two cases need more than the raw bytes: a body cut at a limit may end with the first bytes of
+//! a secret (that tail is redacted too), and JSON may spell a secret with escapes
+//! (`"\u0064emo-key"`), which only the parsed strings show (those bodies are re-serialised from
+//! their parsed, redacted form; see [`Scrubber::needs_deep_scrub`]).
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use serde_json::{Map, Value};
 
-/// Header names whose values are secrets.
+/// Header names whose values are secrets, whatever they hold.
 const SECRET_HEADERS: [&str; 6] = [
     "authorization",
     "api-key",
@@ -16,15 +27,148 @@ const SECRET_HEADERS: [&str; 6] = [
 /// What a redacted value reads.
 pub const REDACTED: &str = "<redacted>";
 
-/// Headers as a JSON object, secret values replaced.
+/// Every configured secret, ready to be searched for in any bytes.
+#[derive(Debug, Clone, Default)]
+pub struct Scrubber {
+    matcher: Option<AhoCorasick>,
+    /// The patterns, for the truncated-tail check.
+    patterns: Vec<Vec<u8>>,
+}
+
+impl Scrubber {
+    /// A scrubber for these secrets (empty ones are ignored). Each secret is searched for as
+    /// it is and as JSON writes it (`"` and `\` escaped), so a body quoting it is covered too.
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Scrubber {
+        let mut patterns: Vec<Vec<u8>> = Vec::new();
+        for s in secrets.into_iter().filter(|s| !s.is_empty()) {
+            let escaped = serde_json::to_string(s).unwrap_or_default();
+            let escaped = escaped[1..escaped.len() - 1].to_string();
+            for p in [s.as_bytes().to_vec(), escaped.into_bytes()] {
+                if !p.is_empty() && !patterns.contains(&p) {
+                    patterns.push(p);
+                }
+            }
+        }
+        let matcher = (!patterns.is_empty()).then(|| {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&patterns)
+                .expect("literal patterns always build")
+        });
+        Scrubber { matcher, patterns }
+    }
+
+    /// Whether `bytes` contain any secret.
+    pub fn finds(&self, bytes: &[u8]) -> bool {
+        self.matcher.as_ref().is_some_and(|m| m.is_match(bytes))
+    }
+
+    /// Replaces every secret in `bytes` with `<redacted>`; returns whether any was found.
+    pub fn scrub(&self, bytes: &mut Vec<u8>) -> bool {
+        let Some(m) = &self.matcher else {
+            return false;
+        };
+        if !m.is_match(bytes.as_slice()) {
+            return false;
+        }
+        let replacements = vec![REDACTED.as_bytes(); self.patterns.len()];
+        *bytes = m.replace_all_bytes(bytes, &replacements);
+        true
+    }
+
+    /// [`scrub`](Self::scrub) for bytes cut at a limit: also redacts a tail that is the start
+    /// of a secret (at least 3 bytes of it, or all of a shorter secret's first bytes).
+    pub fn scrub_truncated(&self, bytes: &mut Vec<u8>) -> bool {
+        let mut found = self.scrub(bytes);
+        let longest = self.patterns.iter().map(Vec::len).max().unwrap_or(0);
+        for k in (1..longest.min(bytes.len() + 1)).rev() {
+            let tail = &bytes[bytes.len() - k..];
+            if self
+                .patterns
+                .iter()
+                .any(|p| p.len() > k && p.starts_with(tail) && k >= 3.min(p.len() - 1))
+            {
+                bytes.truncate(bytes.len() - k);
+                bytes.extend_from_slice(REDACTED.as_bytes());
+                found = true;
+                break;
+            }
+        }
+        found
+    }
+
+    /// Redacts every string (and key) of a JSON value that contains a secret, in place: the
+    /// secret's occurrences become `<redacted>`. Returns whether anything changed.
+    pub fn scrub_value(&self, v: &mut Value) -> bool {
+        let Some(m) = &self.matcher else {
+            return false;
+        };
+        match v {
+            Value::String(s) => {
+                if m.is_match(s.as_str()) {
+                    *s = m.replace_all(s, &vec![REDACTED; self.patterns.len()]);
+                    return true;
+                }
+                false
+            }
+            Value::Array(items) => items
+                .iter_mut()
+                .fold(false, |changed, i| self.scrub_value(i) | changed),
+            Value::Object(map) => {
+                let mut changed = false;
+                if map.keys().any(|k| m.is_match(k.as_str())) {
+                    let old = std::mem::take(map);
+                    let mut new = Map::with_capacity(old.len());
+                    for (k, v) in old {
+                        let k = if m.is_match(k.as_str()) {
+                            m.replace_all(&k, &vec![REDACTED; self.patterns.len()])
+                        } else {
+                            k
+                        };
+                        new.insert(k, v);
+                    }
+                    *map = new;
+                    changed = true;
+                }
+                for v in map.values_mut() {
+                    changed |= self.scrub_value(v);
+                }
+                changed
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether values parsed from these (already scrubbed) raw bytes may still hold a secret:
+    /// when a secret was found in them (it may sit in a parsed value too), or when the JSON uses
+    /// the escapes that can spell any character (`\u`, `\/`).
+    pub fn needs_deep_scrub(&self, raw_had_secret: bool, raw: &[u8]) -> bool {
+        self.matcher.is_some()
+            && (raw_had_secret || raw.windows(2).any(|w| w == b"\\u" || w == b"\\/"))
+    }
+}
+
+/// Headers as a JSON object, credential headers' values replaced (outbound requests, whose
+/// other headers the gateway writes itself).
 pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Value {
+    scrubbed_headers(pairs, &Scrubber::default())
+}
+
+/// Headers as a JSON object: credential headers' values replaced, every other value scrubbed of
+/// secrets and of what PostgreSQL's jsonb cannot hold (`\u0000`).
+pub fn scrubbed_headers<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    scrubber: &Scrubber,
+) -> Value {
     let mut out = Map::new();
     for (name, value) in pairs {
-        let name = name.to_ascii_lowercase();
+        let name = name.to_ascii_lowercase().replace('\0', "\u{fffd}");
         let v = if SECRET_HEADERS.contains(&name.as_str()) {
             REDACTED.to_string()
         } else {
-            String::from_utf8_lossy(value).into_owned()
+            let mut bytes = value.to_vec();
+            scrubber.scrub(&mut bytes);
+            String::from_utf8_lossy(&bytes).replace('\0', "\u{fffd}")
         };
         match out.get_mut(&name) {
             Some(Value::String(existing)) => {
@@ -39,42 +183,6 @@ pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Valu
     Value::Object(out)
 }
 
-/// A JSON body with the `writeKey` members (top level, or of batch items) redacted.
-pub fn body_write_keys(body: &mut Value) {
-    if let Value::Object(m) = body {
-        if m.contains_key("writeKey") {
-            m.insert("writeKey".into(), Value::String(REDACTED.into()));
-        }
-        if let Some(Value::Array(items)) = m.get_mut("batch") {
-            items.iter_mut().for_each(body_write_keys);
-        }
-    }
-}
-
-/// Replaces every occurrence of each secret in a raw body with `<redacted>`, leaving every other
-/// byte as received (a body may carry its write key: `{"writeKey": "..."}`).
-pub fn scrub(body: &mut Vec<u8>, secrets: &[&str]) {
-    for secret in secrets.iter().filter(|s| s.len() >= 4) {
-        let needle = secret.as_bytes();
-        let mut out = Vec::with_capacity(body.len());
-        let mut i = 0;
-        let mut changed = false;
-        while i < body.len() {
-            if body[i..].starts_with(needle) {
-                out.extend_from_slice(REDACTED.as_bytes());
-                i += needle.len();
-                changed = true;
-            } else {
-                out.push(body[i]);
-                i += 1;
-            }
-        }
-        if changed {
-            *body = out;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,30 +190,67 @@ mod tests {
 
     #[test]
     fn credentials_are_replaced_and_the_rest_kept() {
-        let h = headers([
-            ("Authorization", b"Basic abc".as_slice()),
-            ("X-Write-Key", b"k".as_slice()),
-            ("Content-Type", b"text/plain".as_slice()),
-        ]);
+        let s = Scrubber::new(["wk-123"]);
+        let h = scrubbed_headers(
+            [
+                ("Authorization", b"Basic abc".as_slice()),
+                ("X-Write-Key", b"k".as_slice()),
+                ("Content-Type", b"text/plain".as_slice()),
+                ("Referer", b"https://x/?key=wk-123".as_slice()),
+            ],
+            &s,
+        );
         assert_eq!(
             h,
-            json!({"authorization": "<redacted>", "x-write-key": "<redacted>", "content-type": "text/plain"})
-        );
-        let mut b = json!({"writeKey": "k", "batch": [{"writeKey": "k2", "type": "track"}]});
-        body_write_keys(&mut b);
-        assert_eq!(
-            b,
-            json!({"writeKey": "<redacted>", "batch": [{"writeKey": "<redacted>", "type": "track"}]})
+            json!({"authorization": "<redacted>", "x-write-key": "<redacted>", "content-type": "text/plain",
+                   "referer": "https://x/?key=<redacted>"})
         );
     }
 
     #[test]
-    fn scrubbing_keeps_every_other_byte() {
-        let mut body = br#"{"writeKey":"wk-123","batch":[{"type":"track","x":1.0}]}"#.to_vec();
-        scrub(&mut body, &["wk-123", ""]);
+    fn scrubbing_keeps_every_other_byte_and_needs_no_json() {
+        let s = Scrubber::new(["wk-123", "", "other-secret"]);
+        let mut body = br#"{"writeKey":"wk-123","batch":[{"type":"track","x":1.0}],}"#.to_vec();
+        assert!(s.scrub(&mut body));
         assert_eq!(
             body,
-            br#"{"writeKey":"<redacted>","batch":[{"type":"track","x":1.0}]}"#.to_vec()
+            br#"{"writeKey":"<redacted>","batch":[{"type":"track","x":1.0}],}"#.to_vec()
         );
+        let mut two = b"other-secretwk-123 trailing".to_vec();
+        s.scrub(&mut two);
+        assert_eq!(two, b"<redacted><redacted> trailing".to_vec());
+        let mut clean = b"nothing here".to_vec();
+        assert!(!s.scrub(&mut clean));
+    }
+
+    #[test]
+    fn a_body_cut_inside_a_secret_loses_the_cut_secret() {
+        let s = Scrubber::new(["wk-123456"]);
+        let mut cut = br#"{"writeKey":"wk-12"#.to_vec();
+        assert!(s.scrub_truncated(&mut cut));
+        assert_eq!(cut, br#"{"writeKey":"<redacted>"#.to_vec());
+        let mut fine = br#"{"a":"w"#.to_vec();
+        assert!(
+            !s.scrub_truncated(&mut fine),
+            "one byte of a secret is not one"
+        );
+    }
+
+    #[test]
+    fn escaped_spellings_are_found_in_the_parsed_value() {
+        let s = Scrubber::new(["demo-key", "q\"uote"]);
+        let raw = br#"{"writeKey":"\u0064emo-key","n":"q\"uote"}"#.to_vec();
+        let mut scrubbed = raw.clone();
+        assert!(
+            s.scrub(&mut scrubbed),
+            "the JSON-escaped quote form is a pattern"
+        );
+        assert!(s.needs_deep_scrub(false, &raw));
+        let mut v: Value = serde_json::from_slice(&raw).unwrap();
+        assert!(s.scrub_value(&mut v));
+        assert_eq!(v, json!({"writeKey": "<redacted>", "n": "<redacted>"}));
+        let mut keyed = json!({"demo-key": 1});
+        assert!(s.scrub_value(&mut keyed));
+        assert_eq!(keyed, json!({"<redacted>": 1}));
     }
 }
