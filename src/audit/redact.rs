@@ -31,6 +31,8 @@ pub const REDACTED: &str = "<redacted>";
 #[derive(Debug, Clone, Default)]
 pub struct Scrubber {
     matcher: Option<AhoCorasick>,
+    /// The same, ignoring ASCII case: for header names, which HTTP lowercases.
+    matcher_nocase: Option<AhoCorasick>,
     /// The patterns, for the truncated-tail check.
     patterns: Vec<Vec<u8>>,
 }
@@ -49,13 +51,20 @@ impl Scrubber {
                 }
             }
         }
-        let matcher = (!patterns.is_empty()).then(|| {
-            AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostLongest)
-                .build(&patterns)
-                .expect("literal patterns always build")
-        });
-        Scrubber { matcher, patterns }
+        let build = |nocase: bool| {
+            (!patterns.is_empty()).then(|| {
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .ascii_case_insensitive(nocase)
+                    .build(&patterns)
+                    .expect("literal patterns always build")
+            })
+        };
+        Scrubber {
+            matcher: build(false),
+            matcher_nocase: build(true),
+            patterns,
+        }
     }
 
     /// Whether `bytes` contain any secret.
@@ -74,6 +83,16 @@ impl Scrubber {
         let replacements = vec![REDACTED.as_bytes(); self.patterns.len()];
         *bytes = m.replace_all_bytes(bytes, &replacements);
         true
+    }
+
+    /// A header name with every secret removed, whatever its case (HTTP lowercases names).
+    pub fn scrub_name(&self, name: &str) -> String {
+        match &self.matcher_nocase {
+            Some(m) if m.is_match(name) => {
+                m.replace_all(name, &vec![REDACTED; self.patterns.len()])
+            }
+            _ => name.to_string(),
+        }
     }
 
     /// [`scrub`](Self::scrub) for bytes cut at a limit: also redacts a tail that is the start
@@ -154,22 +173,45 @@ pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Valu
     scrubbed_headers(pairs, &Scrubber::default())
 }
 
+/// Bytes kept of one header value in the audit log (the HTTP parser admits heads of 128 KiB).
+pub const HEADER_VALUE_KEEP: usize = 1024;
+/// Bytes kept of all headers of one request; the headers after are counted, not stored.
+pub const HEADERS_KEEP: usize = 8192;
+
 /// Headers as a JSON object: credential headers' values replaced, every other value scrubbed of
-/// secrets and of what PostgreSQL's jsonb cannot hold (`\u0000`).
+/// secrets and of what PostgreSQL's jsonb cannot hold (`\u0000`), and bounded (a value to
+/// [`HEADER_VALUE_KEEP`] bytes, all of them to [`HEADERS_KEEP`]).
 pub fn scrubbed_headers<'a>(
     pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     scrubber: &Scrubber,
 ) -> Value {
     let mut out = Map::new();
+    let (mut kept, mut dropped) = (0usize, 0usize);
     for (name, value) in pairs {
-        let name = name.to_ascii_lowercase().replace('\0', "\u{fffd}");
+        if kept + name.len() + value.len().min(HEADER_VALUE_KEEP) > HEADERS_KEEP {
+            dropped += 1;
+            continue;
+        }
+        let name = scrubber
+            .scrub_name(&name.to_ascii_lowercase())
+            .replace('\0', "\u{fffd}");
         let v = if SECRET_HEADERS.contains(&name.as_str()) {
             REDACTED.to_string()
         } else {
             let mut bytes = value.to_vec();
             scrubber.scrub(&mut bytes);
-            String::from_utf8_lossy(&bytes).replace('\0', "\u{fffd}")
+            let mut v = String::from_utf8_lossy(&bytes).replace('\0', "\u{fffd}");
+            if v.len() > HEADER_VALUE_KEEP {
+                let mut cut = HEADER_VALUE_KEEP;
+                while !v.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                v.truncate(cut);
+                v.push_str(&format!("… ({} bytes)", value.len()));
+            }
+            v
         };
+        kept += name.len() + v.len();
         match out.get_mut(&name) {
             Some(Value::String(existing)) => {
                 existing.push_str(", ");
@@ -179,6 +221,12 @@ pub fn scrubbed_headers<'a>(
                 out.insert(name, Value::String(v));
             }
         }
+    }
+    if dropped > 0 {
+        out.insert(
+            "…".into(),
+            Value::String(format!("{dropped} more headers not stored")),
+        );
     }
     Value::Object(out)
 }

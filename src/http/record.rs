@@ -95,8 +95,11 @@ impl Ingest {
                 }
             }
         }
+        // The path is stored too, and anything can be written in it (`/v1/<a write key>`).
+        let mut route = req.path().as_bytes().to_vec();
+        self.scrubber.scrub(&mut route);
         let record = InboundRecord {
-            route: req.path().to_string(),
+            route: String::from_utf8_lossy(&route).into_owned(),
             connection: None,
             direction,
             status: 200,

@@ -6,6 +6,7 @@ mod database;
 mod delivery;
 mod differential;
 mod helpers;
+mod hostile;
 mod ingest;
 mod iterable_client;
 mod iterable_webhook;
