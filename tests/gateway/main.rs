@@ -12,5 +12,6 @@ mod iterable_client;
 mod iterable_webhook;
 mod mapping_vectors;
 mod oracle_probes;
+mod poison;
 mod properties;
 mod segment_delivery;
