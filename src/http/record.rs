@@ -165,8 +165,18 @@ impl Audit<'_> {
     /// Commits an accepted request with its events, then acknowledges it.
     async fn accept(mut self, mut events: Vec<NewEvent>) -> Result<HttpResponse, IngestError> {
         if self.deep {
+            let scrubber = &self.ingest.scrubber;
+            let scrub = |s: &mut String| {
+                let mut bytes = std::mem::take(s).into_bytes();
+                scrubber.scrub(&mut bytes);
+                *s = String::from_utf8_lossy(&bytes).into_owned();
+            };
             for e in &mut events {
-                self.ingest.scrubber.scrub_value(&mut e.payload);
+                scrubber.scrub_value(&mut e.payload);
+                scrub(&mut e.message_id);
+                scrub(&mut e.user_key);
+                e.call_type.as_mut().map(scrub);
+                e.state_reason.as_mut().map(scrub);
             }
         }
         let n = events.len() as u64;
@@ -188,7 +198,10 @@ impl Audit<'_> {
         let record = &mut self.record;
         record.status = super::error::status_of(&error).as_u16();
         record.error_code = Some(error.code().into());
-        record.error_message = Some(error.audit_message());
+        // Messages may quote the request (a path, a connection name): scrubbed like the rest.
+        let mut message = error.audit_message().into_bytes();
+        self.ingest.scrubber.scrub(&mut message);
+        record.error_message = Some(String::from_utf8_lossy(&message).into_owned());
         record.events.clear();
         if record.connection.is_none() || error.is_body_problem() {
             let keep = self.ingest.limits.unauthenticated_body_bytes;

@@ -14,4 +14,5 @@ mod mapping_vectors;
 mod oracle_probes;
 mod poison;
 mod properties;
+mod secrets;
 mod segment_delivery;
