@@ -12,6 +12,7 @@ mod iterable_client;
 mod iterable_webhook;
 mod mapping_vectors;
 mod oracle_probes;
+mod outage;
 mod poison;
 mod properties;
 mod secrets;
