@@ -126,9 +126,11 @@ pub fn decode(raw: Vec<u8>, encoding: Option<&str>, limit: usize) -> Body {
                     // Bytes that start as gzip are kept as far as they decompress: the raw
                     // compressed bytes could hide a secret from the byte search of the audit.
                     let looks_gzip = raw.starts_with(&[0x1f, 0x8b]);
-                    let bytes = if looks_gzip { out } else { raw };
+                    let mut bytes = if looks_gzip { out } else { raw };
+                    let over = bytes.len() > limit;
+                    bytes.truncate(limit);
                     Body {
-                        truncated: looks_gzip,
+                        truncated: looks_gzip || over,
                         size: size.max(bytes.len()),
                         bytes,
                         content_encoding: encoding,
