@@ -163,7 +163,9 @@ impl Scrubber {
     /// the escapes that can spell any character (`\u`, `\/`).
     pub fn needs_deep_scrub(&self, raw_had_secret: bool, raw: &[u8]) -> bool {
         self.matcher.is_some()
-            && (raw_had_secret || raw.windows(2).any(|w| w == b"\\u" || w == b"\\/"))
+            && (raw_had_secret
+                || memchr::memmem::find(raw, br"\u").is_some()
+                || memchr::memmem::find(raw, br"\/").is_some())
     }
 }
 

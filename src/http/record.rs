@@ -81,6 +81,7 @@ impl Ingest {
     /// scrubbed of every secret already.
     pub fn open(&self, req: &HttpRequest, body: Body, direction: Direction) -> Audit<'_> {
         let mut bytes = body.bytes;
+        let nul_possible = storable::may_hold_nul(&bytes);
         let found = if body.truncated {
             self.scrubber.scrub_truncated(&mut bytes)
         } else {
@@ -121,6 +122,7 @@ impl Ingest {
             ingest: self,
             record,
             deep,
+            nul_possible,
             route: req
                 .match_pattern()
                 .unwrap_or_else(|| "unmatched".to_string()),
@@ -134,6 +136,8 @@ pub struct Audit<'a> {
     record: InboundRecord,
     /// Whether parsed values may hold a secret (see `Scrubber::needs_deep_scrub`).
     deep: bool,
+    /// Whether parsed values may hold U+0000 (see `storable::may_hold_nul`).
+    nul_possible: bool,
     /// The route's pattern, for metrics.
     route: String,
 }
@@ -153,8 +157,9 @@ impl Audit<'_> {
         self,
         events: Result<Vec<NewEvent>, IngestError>,
     ) -> Result<HttpResponse, IngestError> {
+        let nul_possible = self.nul_possible;
         match events.and_then(|events| {
-            storable::check_events(&events).map_err(IngestError::Unstorable)?;
+            storable::check_events(&events, nul_possible).map_err(IngestError::Unstorable)?;
             Ok(events)
         }) {
             Err(e) => Err(self.refuse(e).await),
