@@ -84,7 +84,7 @@ struct Job {
     /// QUEUED → TAKEN (by a writer) or QUEUED → ABANDONED (by the handler, at its deadline).
     state: Arc<AtomicU8>,
     reply: oneshot::Sender<Reply>,
-    _bytes: OwnedSemaphorePermit,
+    bytes_permit: OwnedSemaphorePermit,
 }
 
 /// The handle handlers use; cheap to clone.
@@ -149,7 +149,7 @@ impl GroupCommitter {
             deadline,
             state: state.clone(),
             reply,
-            _bytes: permit,
+            bytes_permit: permit,
         };
         tokio::time::timeout_at(deadline, self.tx.send(job))
             .await
@@ -179,27 +179,38 @@ impl GroupCommitter {
 /// are dropped here.
 async fn next_group(rx: &Mutex<mpsc::Receiver<Job>>, max_events: usize) -> Option<Vec<Job>> {
     let mut rx = rx.lock().await;
-    let take = |job: &Job| {
-        job.state
+    // A job is taken unless its handler gave up; one whose deadline is (all but) over is
+    // answered at once instead of being written for a client that is getting its 503.
+    let take = |job: Job| -> Option<Job> {
+        if job
+            .state
             .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+            .is_err()
+        {
+            return None;
+        }
+        if job.deadline <= Instant::now() + Duration::from_millis(5) {
+            let _ = job.reply.send(Err(CommitError::Timeout));
+            return None;
+        }
+        Some(job)
     };
     let mut group = Vec::new();
     let mut events = 0;
     while group.is_empty() {
-        let job = rx.recv().await?;
-        if take(&job) {
+        if let Some(job) = take(rx.recv().await?) {
             events = job.record.events.len().max(1);
             group.push(job);
         }
     }
     while events < max_events {
         match rx.try_recv() {
-            Ok(job) if take(&job) => {
-                events += job.record.events.len().max(1);
-                group.push(job);
+            Ok(job) => {
+                if let Some(job) = take(job) {
+                    events += job.record.events.len().max(1);
+                    group.push(job);
+                }
             }
-            Ok(_) => {}
             Err(_) => break,
         }
     }
@@ -221,7 +232,7 @@ async fn run_group(
         .unwrap_or_else(Instant::now);
     for job in group {
         records.push(job.record);
-        replies.push((job.reply, job._bytes));
+        replies.push((job.reply, job.bytes_permit));
     }
     if !health.is_up() {
         for (reply, _) in replies {
@@ -337,7 +348,12 @@ async fn write_isolating(pool: PgPool, records: Vec<InboundRecord>) -> GroupResu
             Err(e) if is_data_error(&e) => {
                 let i = part[0];
                 let why = format!("the database cannot store this request: {}", db_message(&e));
-                tracing::warn!(route = %records[i].route, reason = %why, "A request's data was refused by the database; it alone is refused.");
+                // The reason's detail may quote the data: it goes to the audit log, not the logs.
+                let code = match &e {
+                    sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+                    _ => None,
+                };
+                tracing::warn!(route = %records[i].route, sqlstate = ?code, "A request's data was refused by the database; it alone is refused.");
                 verdicts[i] = Some(match write_refusal(&pool, &records[i], &why).await {
                     Ok(id) => Verdict::Refused(id, why),
                     Err(e) => {
