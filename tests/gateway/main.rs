@@ -2,6 +2,7 @@
 
 mod app;
 mod cli_map;
+mod commit;
 mod database;
 mod delivery;
 mod differential;
