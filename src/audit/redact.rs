@@ -175,6 +175,41 @@ pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Valu
     scrubbed_headers(pairs, &Scrubber::default())
 }
 
+/// `bytes` with the JSON escapes that can spell any character (`\uXXXX` outside the surrogates,
+/// `\/`) undone, whether or not the bytes are JSON: what a secret spelt with them reads as.
+pub fn unescape_json_lossy(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 1 < bytes.len() {
+            if bytes[i + 1] == b'/' {
+                out.push(b'/');
+                i += 2;
+                continue;
+            }
+            let ch = (bytes[i + 1] == b'u')
+                .then(|| bytes.get(i + 2..i + 6))
+                .flatten()
+                .and_then(|hex| std::str::from_utf8(hex).ok())
+                .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                .and_then(char::from_u32);
+            if let Some(ch) = ch {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+                i += 6;
+                continue;
+            }
+            // Any other escape (`\\`, `\"`, `\n`): kept as it is, both bytes.
+            out.extend_from_slice(&bytes[i..i + 2]);
+            i += 2;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
 /// Bytes kept of one header value in the audit log (the HTTP parser admits heads of 128 KiB).
 pub const HEADER_VALUE_KEEP: usize = 1024;
 /// Bytes kept of all headers of one request; the headers after are counted, not stored.
@@ -299,6 +334,13 @@ mod tests {
         let mut v: Value = serde_json::from_slice(&raw).unwrap();
         assert!(s.scrub_value(&mut v));
         assert_eq!(v, json!({"writeKey": "<redacted>", "n": "<redacted>"}));
+        let broken = br#"{"writeKey":"\u0064emo\/key","#;
+        let unescaped = unescape_json_lossy(broken);
+        assert_eq!(unescaped, br#"{"writeKey":"demo/key","#.to_vec());
+        assert_eq!(
+            unescape_json_lossy(br#"\\u0064 \u12"#),
+            br#"\\u0064 \u12"#.to_vec()
+        );
         let mut keyed = json!({"demo-key": 1});
         assert!(s.scrub_value(&mut keyed));
         assert_eq!(keyed, json!({"<redacted>": 1}));

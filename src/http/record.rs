@@ -88,11 +88,21 @@ impl Ingest {
             self.scrubber.scrub(&mut bytes)
         };
         let deep = self.scrubber.needs_deep_scrub(found, &bytes);
-        if deep && !body.truncated {
-            // A secret spelt with JSON escapes is only visible once parsed.
-            if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                if self.scrubber.scrub_value(&mut v) {
-                    bytes = serde_json::to_vec(&v).unwrap_or_default();
+        if deep {
+            // A secret spelt with JSON escapes is only visible once they are undone: the body
+            // is then stored re-serialised from its parsed, scrubbed value, or (not JSON, or cut
+            // at a limit) with its escapes undone and scrubbed.
+            let mut unescaped = redact::unescape_json_lossy(&bytes);
+            if self.scrubber.finds(&unescaped) {
+                match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    Ok(mut v) => {
+                        self.scrubber.scrub_value(&mut v);
+                        bytes = serde_json::to_vec(&v).unwrap_or_default();
+                    }
+                    Err(_) => {
+                        self.scrubber.scrub_truncated(&mut unescaped);
+                        bytes = unescaped;
+                    }
                 }
             }
         }
