@@ -7,11 +7,15 @@
 //!
 //! What the audit log says is what the client got:
 //! * the enqueue is inside the request's deadline, and the queue is bounded in jobs and in bytes;
-//! * a job whose handler gave up before a writer took it is dropped, never written;
+//! * a job whose handler gave up before a writer took it is not written as sent;
 //! * a writer answers by the earliest deadline of its group; a write still running then (a
 //!   frozen database) goes on in the background, and once it has finished the requests it
-//!   committed are re-recorded as the 503 their clients got ([`Reconciler`]). The same happens
-//!   to a group whose commit failed for a reason of the database (the COMMIT may have landed).
+//!   committed are re-recorded as the 503 their clients got. The same happens to a group whose
+//!   commit failed for a reason of the database (the COMMIT may have landed);
+//! * every request answered 503 without a row (the database down, the deadline over before a
+//!   writer took it, a failed write) is recorded as a 503 once the database is back, with its
+//!   body cut to 1 KiB and no events ([`Backlog`], bounded; what does not fit is counted, in
+//!   one summary row and in `gateway_inbound_unaudited_total`).
 //!
 //! One request's data never fails the others: when a group fails for a reason that belongs to
 //! the data (an SQLSTATE of class 22, 23 or 54, or a value the driver cannot encode), the group
@@ -19,10 +23,10 @@
 //! refused (400 `unstorable`, the database's reason) and its events are not stored.
 
 use super::health::DatabaseHealth;
-use super::{EventState, InboundRecord};
+use super::{Direction, EventState, InboundRecord};
 use sqlx::types::Json;
 use sqlx::PgPool;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,6 +98,7 @@ pub struct GroupCommitter {
     bytes: Arc<Semaphore>,
     queue_bytes: usize,
     health: Arc<DatabaseHealth>,
+    backlog: Arc<Backlog>,
 }
 
 impl GroupCommitter {
@@ -105,13 +110,19 @@ impl GroupCommitter {
     ) -> GroupCommitter {
         let (tx, rx) = mpsc::channel::<Job>(settings.queue_requests.max(1));
         let rx = Arc::new(Mutex::new(rx));
-        let reconciler = Reconciler::spawn(pool.clone());
+        let backlog = Arc::new(Backlog::default());
+        let reconciler = Reconciler::spawn(pool.clone(), health.clone(), backlog.clone());
         for _ in 0..settings.writers.max(1) {
-            let (pool, rx, health, reconciler) =
-                (pool.clone(), rx.clone(), health.clone(), reconciler.clone());
+            let (pool, rx, health, reconciler, backlog) = (
+                pool.clone(),
+                rx.clone(),
+                health.clone(),
+                reconciler.clone(),
+                backlog.clone(),
+            );
             tokio::spawn(async move {
-                while let Some(group) = next_group(&rx, settings.max_group_events).await {
-                    run_group(&pool, group, &health, &reconciler).await;
+                while let Some(group) = next_group(&rx, settings.max_group_events, &backlog).await {
+                    run_group(&pool, group, &health, &reconciler, &backlog).await;
                 }
             });
         }
@@ -122,6 +133,7 @@ impl GroupCommitter {
             bytes: Arc::new(Semaphore::new(queue_bytes)),
             queue_bytes,
             health,
+            backlog,
         }
     }
 
@@ -130,31 +142,45 @@ impl GroupCommitter {
     }
 
     /// Commits one record with its events by `deadline`; returns only once they are durable
-    /// (or refused for their data, and that refusal durable). An error means nothing of the
-    /// request is recorded as accepted.
+    /// (or refused for their data, and that refusal durable). An error means the client gets
+    /// 503: nothing of the request is recorded as accepted, and it is recorded as a 503 once
+    /// the database can take it.
     pub async fn commit(&self, record: InboundRecord, deadline: Instant) -> Reply {
         if !self.health.is_up() {
+            self.backlog.push(record, "the database was down");
             return Err(CommitError::Unavailable("the database is down".into()));
         }
         let size = (record.body.len().saturating_mul(2) + 1024).min(self.queue_bytes);
-        let permit =
-            tokio::time::timeout_at(deadline, self.bytes.clone().acquire_many_owned(size as u32))
-                .await
-                .map_err(|_| CommitError::Timeout)?
-                .map_err(|_| CommitError::Closed)?;
+        let permit = match tokio::time::timeout_at(
+            deadline,
+            self.bytes.clone().acquire_many_owned(size as u32),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(CommitError::Closed),
+            Err(_) => {
+                self.backlog.push(record, "the commit queue was full");
+                return Err(CommitError::Timeout);
+            }
+        };
+        let slot = match tokio::time::timeout_at(deadline, self.tx.reserve()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) => return Err(CommitError::Closed),
+            Err(_) => {
+                self.backlog.push(record, "the commit queue was full");
+                return Err(CommitError::Timeout);
+            }
+        };
         let (reply, mut rx) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
-        let job = Job {
+        slot.send(Job {
             record,
             deadline,
             state: state.clone(),
             reply,
             bytes_permit: permit,
-        };
-        tokio::time::timeout_at(deadline, self.tx.send(job))
-            .await
-            .map_err(|_| CommitError::Timeout)?
-            .map_err(|_| CommitError::Closed)?;
+        });
         match tokio::time::timeout_at(deadline, &mut rx).await {
             Ok(reply) => reply.unwrap_or(Err(CommitError::Closed)),
             Err(_) => {
@@ -162,6 +188,7 @@ impl GroupCommitter {
                     .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
+                    // The writer that meets the job records it as the 503 it is.
                     return Err(CommitError::Timeout);
                 }
                 // A writer has it: it answers by the group's deadline, which is not later
@@ -175,22 +202,26 @@ impl GroupCommitter {
     }
 }
 
-/// Waits for one job, then takes whatever else is already waiting; jobs whose handler gave up
-/// are dropped here.
-async fn next_group(rx: &Mutex<mpsc::Receiver<Job>>, max_events: usize) -> Option<Vec<Job>> {
+/// Waits for one job, then takes whatever else is already waiting. Jobs whose handler gave up,
+/// or whose deadline is (all but) over, are answered and kept for the backlog instead.
+async fn next_group(
+    rx: &Mutex<mpsc::Receiver<Job>>,
+    max_events: usize,
+    backlog: &Backlog,
+) -> Option<Vec<Job>> {
     let mut rx = rx.lock().await;
-    // A job is taken unless its handler gave up; one whose deadline is (all but) over is
-    // answered at once instead of being written for a client that is getting its 503.
     let take = |job: Job| -> Option<Job> {
         if job
             .state
             .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
+            backlog.push(job.record, "the commit did not start in time");
             return None;
         }
         if job.deadline <= Instant::now() + Duration::from_millis(5) {
             let _ = job.reply.send(Err(CommitError::Timeout));
+            backlog.push(job.record, "the commit did not start in time");
             return None;
         }
         Some(job)
@@ -223,6 +254,7 @@ async fn run_group(
     group: Vec<Job>,
     health: &DatabaseHealth,
     reconciler: &Reconciler,
+    backlog: &Backlog,
 ) {
     let (mut records, mut replies) = (Vec::with_capacity(group.len()), Vec::new());
     let deadline = group
@@ -235,8 +267,9 @@ async fn run_group(
         replies.push((job.reply, job.bytes_permit));
     }
     if !health.is_up() {
-        for (reply, _) in replies {
+        for ((reply, _), record) in replies.into_iter().zip(records) {
             let _ = reply.send(Err(CommitError::Unavailable("the database is down".into())));
+            backlog.push(record, "the database was down");
         }
         return;
     }
@@ -244,7 +277,7 @@ async fn run_group(
     let n = records.len();
     let mut write = tokio::spawn(write_isolating(pool.clone(), records));
     match tokio::time::timeout_at(deadline, &mut write).await {
-        Ok(Ok(result)) => {
+        Ok(Ok(mut result)) => {
             metrics::histogram!("gateway_group_commit_seconds")
                 .record(started.elapsed().as_secs_f64());
             metrics::histogram!("gateway_group_commit_requests").record(n as f64);
@@ -252,11 +285,11 @@ async fn run_group(
                 None => health.mark_up(),
                 Some(why) => health.mark_down(why),
             }
-            if !result.doubtful.is_empty() {
-                reconciler.later(result.doubtful.clone());
+            for ((reply, _), verdict) in replies.into_iter().zip(&result.verdicts) {
+                let _ = reply.send(verdict.reply());
             }
-            for ((reply, _), verdict) in replies.into_iter().zip(result.verdicts) {
-                let _ = reply.send(verdict.into_reply());
+            if !result.unwritten.is_empty() {
+                reconciler.settle(std::mem::take(&mut result.unwritten));
             }
         }
         Ok(Err(panicked)) => {
@@ -287,11 +320,11 @@ enum Verdict {
 }
 
 impl Verdict {
-    fn into_reply(self) -> Reply {
+    fn reply(&self) -> Reply {
         match self {
             Verdict::Committed(_) => Ok(Committed::AsSent),
-            Verdict::Refused(_, why) => Ok(Committed::Refused(why)),
-            Verdict::Unavailable(why) => Err(CommitError::Unavailable(why)),
+            Verdict::Refused(_, why) => Ok(Committed::Refused(why.clone())),
+            Verdict::Unavailable(why) => Err(CommitError::Unavailable(why.clone())),
         }
     }
 
@@ -303,12 +336,15 @@ impl Verdict {
     }
 }
 
+/// A record whose write failed for a reason of the database, and the id it was written with
+/// (when the failure came after the ids were allocated: the COMMIT may have landed).
+type Unwritten = (Option<i64>, InboundRecord);
+
 #[derive(Debug)]
 struct GroupResult {
     verdicts: Vec<Verdict>,
-    /// Ids of requests whose transaction failed for a reason of the database: the COMMIT may
-    /// have landed all the same, and their clients get 503.
-    doubtful: Vec<i64>,
+    /// The records answered 503 because the database, not their data, failed.
+    unwritten: Vec<Unwritten>,
     /// Set when the database, not the data, failed.
     failure: Option<String>,
 }
@@ -329,8 +365,9 @@ pub fn is_data_error(e: &sqlx::Error) -> bool {
 /// documentation). Database failures are not retried.
 async fn write_isolating(pool: PgPool, records: Vec<InboundRecord>) -> GroupResult {
     let mut verdicts: Vec<Option<Verdict>> = (0..records.len()).map(|_| None).collect();
-    let mut doubtful = Vec::new();
+    let mut ids_of: Vec<Option<i64>> = vec![None; records.len()];
     let mut pending: Vec<Vec<usize>> = vec![(0..records.len()).collect()];
+    let mut failure = None;
     while let Some(part) = pending.pop() {
         let refs: Vec<&InboundRecord> = part.iter().map(|i| &records[*i]).collect();
         let mut ids = Vec::new();
@@ -354,41 +391,43 @@ async fn write_isolating(pool: PgPool, records: Vec<InboundRecord>) -> GroupResu
                     _ => None,
                 };
                 tracing::warn!(route = %records[i].route, sqlstate = ?code, "A request's data was refused by the database; it alone is refused.");
-                verdicts[i] = Some(match write_refusal(&pool, &records[i], &why).await {
-                    Ok(id) => Verdict::Refused(id, why),
+                match write_refusal(&pool, &records[i], &why).await {
+                    Ok(id) => verdicts[i] = Some(Verdict::Refused(id, why)),
                     Err(e) => {
-                        let why = format!("the refusal could not be recorded: {e}");
-                        return fail_rest(verdicts, doubtful, &why);
+                        failure = Some(format!("the refusal could not be recorded: {e}"));
+                        break;
                     }
-                });
+                }
             }
             Err(e) => {
                 let why = e.to_string();
                 tracing::error!(error = %why, requests = part.len(), "Group commit failed.");
-                doubtful.extend(ids);
-                return fail_rest(verdicts, doubtful, &why);
+                for (i, id) in part.iter().zip(ids) {
+                    ids_of[*i] = Some(id);
+                }
+                failure = Some(why);
+                break;
             }
         }
     }
+    // Parts committed before a failure stay committed and are answered so; the rest 503.
+    let why = failure.clone().unwrap_or_default();
+    let mut unwritten = Vec::new();
+    let verdicts = verdicts
+        .into_iter()
+        .zip(records)
+        .zip(ids_of)
+        .map(|((verdict, record), id)| {
+            verdict.unwrap_or_else(|| {
+                unwritten.push((id, record));
+                Verdict::Unavailable(why.clone())
+            })
+        })
+        .collect();
     GroupResult {
-        verdicts: verdicts
-            .into_iter()
-            .map(|v| v.unwrap_or(Verdict::Unavailable("not written".into())))
-            .collect(),
-        doubtful,
-        failure: None,
-    }
-}
-
-fn fail_rest(verdicts: Vec<Option<Verdict>>, doubtful: Vec<i64>, why: &str) -> GroupResult {
-    // Parts committed before the failure stay committed and are answered so; the rest 503.
-    GroupResult {
-        verdicts: verdicts
-            .into_iter()
-            .map(|v| v.unwrap_or_else(|| Verdict::Unavailable(why.to_string())))
-            .collect(),
-        doubtful,
-        failure: Some(why.to_string()),
+        verdicts,
+        unwritten,
+        failure,
     }
 }
 
@@ -430,63 +469,144 @@ async fn write_refusal(
     };
     let mut ids = Vec::new();
     match write_group_ids(pool, &[&refused], &mut ids).await {
-        Err(e) if is_data_error(&e) => {
-            refused.headers = serde_json::json!({});
-            refused.route = refused
-                .route
-                .chars()
-                .filter(char::is_ascii_graphic)
-                .collect();
-            refused.content_encoding = None;
-            ids.clear();
-            write_group_ids(pool, &[&refused], &mut ids).await?;
-        }
-        other => other?,
+        Err(e) if is_data_error(&e) => plain(&mut refused),
+        other => return other.map(|()| ids[0]),
     }
+    ids.clear();
+    write_group_ids(pool, &[&refused], &mut ids).await?;
     Ok(ids[0])
 }
 
-/// Re-records, once their writes are over, requests that were committed after (or perhaps
-/// after) their clients were answered 503, so that the audit says what the client got. Their
-/// events stay: the sender retries, and the retry's events are duplicates of these (by
-/// messageId) and are not delivered twice.
+/// A record stripped to what any database takes: no headers, a printable route.
+fn plain(record: &mut InboundRecord) {
+    record.headers = serde_json::json!({});
+    record.route = record
+        .route
+        .chars()
+        .filter(char::is_ascii_graphic)
+        .collect();
+    record.content_encoding = None;
+}
+
+/// Requests answered 503 that have no row yet, written once the database is back. Bounded:
+/// beyond [`Backlog::MAX_RECORDS`] or [`Backlog::MAX_BYTES`] they are only counted.
+#[derive(Default)]
+struct Backlog {
+    records: std::sync::Mutex<(VecDeque<InboundRecord>, usize, u64)>,
+}
+
+impl Backlog {
+    const MAX_RECORDS: usize = 10_000;
+    const MAX_BYTES: usize = 16 << 20;
+    /// Bytes of body kept of a request recorded late.
+    const KEEP: usize = 1024;
+
+    /// What a kept record counts against [`Backlog::MAX_BYTES`].
+    fn cost(record: &InboundRecord) -> usize {
+        record.body.len() + record.headers.to_string().len() + 512
+    }
+
+    /// Keeps `record` as the 503 it was answered with.
+    fn push(&self, mut record: InboundRecord, why: &str) {
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let was = match (record.status, &record.error_code) {
+            (200, _) => String::new(),
+            (s, code) => format!(
+                " (it was to be recorded as {s} {})",
+                code.as_deref().unwrap_or("")
+            ),
+        };
+        record.status = 503;
+        record.error_code = Some("unavailable".into());
+        record.error_message = Some(format!(
+            "answered 503 at {at}: {why}; recorded once the database was back{was}"
+        ));
+        record.events = Vec::new();
+        if record.body.len() > Self::KEEP {
+            record.body.truncate(Self::KEEP);
+            record.body_truncated = true;
+        }
+        let size = Self::cost(&record);
+        let mut kept = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.0.len() >= Self::MAX_RECORDS || kept.1 + size > Self::MAX_BYTES {
+            kept.2 += 1;
+            metrics::counter!("gateway_inbound_unaudited_total").increment(1);
+            return;
+        }
+        kept.1 += size;
+        kept.0.push_back(record);
+    }
+
+    /// Up to `n` records, and (once) how many did not fit.
+    fn take(&self, n: usize) -> (Vec<InboundRecord>, u64) {
+        let mut kept = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let k = n.min(kept.0.len());
+        let taken: Vec<InboundRecord> = kept.0.drain(..k).collect();
+        kept.1 = kept
+            .1
+            .saturating_sub(taken.iter().map(Self::cost).sum::<usize>());
+        (taken, std::mem::take(&mut kept.2))
+    }
+
+    /// Puts records back at the front (their write failed).
+    fn put_back(&self, records: Vec<InboundRecord>, dropped: u64) {
+        let mut kept = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        for r in records.into_iter().rev() {
+            kept.1 += Self::cost(&r);
+            kept.0.push_front(r);
+        }
+        kept.2 += dropped;
+    }
+}
+
+/// Settles, once their writes are over, requests whose clients were answered 503: the ones
+/// committed after (or perhaps after) the answer are re-recorded as 503; the ones never written
+/// go to the backlog, which this task writes whenever the database is up. Events committed
+/// with a request re-recorded as 503 stay: the sender retries, and the retry's events are
+/// duplicates of them (by messageId), so they are delivered once.
 #[derive(Clone)]
 struct Reconciler {
     tx: mpsc::UnboundedSender<Reconcile>,
 }
 
 enum Reconcile {
-    Ids(Vec<i64>),
+    Unwritten(Vec<Unwritten>),
     After(tokio::task::JoinHandle<GroupResult>),
 }
 
 impl Reconciler {
-    fn spawn(pool: PgPool) -> Reconciler {
+    fn spawn(pool: PgPool, health: Arc<DatabaseHealth>, backlog: Arc<Backlog>) -> Reconciler {
         let (tx, mut rx) = mpsc::unbounded_channel::<Reconcile>();
         tokio::spawn(async move {
-            while let Some(job) = rx.recv().await {
-                let ids = match job {
-                    Reconcile::Ids(ids) => ids,
-                    Reconcile::After(write) => match write.await {
-                        Ok(result) => result
-                            .verdicts
-                            .iter()
-                            .filter_map(Verdict::committed_id)
-                            .chain(result.doubtful)
-                            .collect(),
-                        Err(_) => continue,
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    job = rx.recv() => match job {
+                        None => return,
+                        Some(Reconcile::Unwritten(records)) => {
+                            settle(&pool, Vec::new(), records, &backlog).await
+                        }
+                        Some(Reconcile::After(write)) => {
+                            if let Ok(result) = write.await {
+                                let committed =
+                                    result.verdicts.iter().filter_map(Verdict::committed_id).collect();
+                                settle(&pool, committed, result.unwritten, &backlog).await;
+                            }
+                        }
                     },
-                };
-                if !ids.is_empty() {
-                    reconcile(&pool, &ids).await;
+                    _ = tick.tick() => {
+                        if health.is_up() {
+                            flush(&pool, &backlog).await;
+                        }
+                    }
                 }
             }
         });
         Reconciler { tx }
     }
 
-    fn later(&self, ids: Vec<i64>) {
-        let _ = self.tx.send(Reconcile::Ids(ids));
+    fn settle(&self, unwritten: Vec<Unwritten>) {
+        let _ = self.tx.send(Reconcile::Unwritten(unwritten));
     }
 
     fn after(&self, write: tokio::task::JoinHandle<GroupResult>) {
@@ -494,35 +614,103 @@ impl Reconciler {
     }
 }
 
-/// Marks the requests as answered 503, retrying until the database takes it.
-async fn reconcile(pool: &PgPool, ids: &[i64]) {
-    loop {
-        let done = sqlx::query(
-            "UPDATE inbound_request
-                SET error_message = 'answered 503: the commit did not complete in time; it completed later'
-                                    || CASE WHEN status <> 200 THEN ' (recorded first as ' || status
-                                            || coalesce(': ' || error_message, '') || ')' ELSE '' END,
-                    status = 503, error_code = 'unavailable'
-              WHERE id = ANY($1) AND status <> 503",
-        )
-        .bind(ids)
-        .execute(pool)
-        .await;
-        match done {
-            Ok(r) => {
-                if r.rows_affected() > 0 {
-                    tracing::warn!(
-                        requests = r.rows_affected(),
-                        "Requests committed after their 503 are now recorded as 503."
-                    );
+/// Marks the committed requests as answered 503; of the unwritten ones, those whose COMMIT
+/// landed after all are marked the same way, the others go to the backlog. Retries until the
+/// database takes it.
+async fn settle(pool: &PgPool, committed: Vec<i64>, unwritten: Vec<Unwritten>, backlog: &Backlog) {
+    let ids: Vec<i64> = committed
+        .iter()
+        .copied()
+        .chain(unwritten.iter().filter_map(|(id, _)| *id))
+        .collect();
+    let mut found: HashSet<i64> = HashSet::new();
+    if !ids.is_empty() {
+        loop {
+            let done = sqlx::query_scalar::<_, i64>(
+                "UPDATE inbound_request
+                    SET error_message = 'answered 503: the commit did not complete in time; it completed later'
+                                        || CASE WHEN status <> 200 THEN ' (recorded first as ' || status
+                                                || coalesce(': ' || error_message, '') || ')' ELSE '' END,
+                        status = 503, error_code = 'unavailable'
+                  WHERE id = ANY($1) AND status <> 503
+              RETURNING id",
+            )
+            .bind(&ids)
+            .fetch_all(pool)
+            .await;
+            match done {
+                Ok(updated) => {
+                    if !updated.is_empty() {
+                        tracing::warn!(
+                            requests = updated.len(),
+                            "Requests committed after their 503 are now recorded as 503."
+                        );
+                    }
+                    found.extend(updated);
+                    break;
                 }
+                Err(e) if pool.is_closed() => {
+                    tracing::error!(error = %e, requests = ids.len(), "Cannot re-record requests answered 503: the pool is closed.");
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+    for (id, record) in unwritten {
+        if !id.is_some_and(|id| found.contains(&id)) {
+            backlog.push(record, "the commit failed");
+        }
+    }
+}
+
+/// Writes the backlog while the database takes it.
+async fn flush(pool: &PgPool, backlog: &Backlog) {
+    loop {
+        let (mut records, dropped) = backlog.take(500);
+        if records.is_empty() && dropped == 0 {
+            return;
+        }
+        if dropped > 0 {
+            records.push(InboundRecord {
+                route: "*".into(),
+                connection: None,
+                direction: Direction::SegmentToIterable,
+                status: 503,
+                error_code: Some("unavailable".into()),
+                error_message: Some(format!(
+                    "{dropped} requests answered 503 while the database was down are not recorded one by one (the backlog was full)"
+                )),
+                headers: serde_json::json!({}),
+                content_encoding: None,
+                body: Vec::new(),
+                body_size: 0,
+                body_truncated: false,
+                events: Vec::new(),
+            });
+        }
+        let refs: Vec<&InboundRecord> = records.iter().collect();
+        match write_group_ids(pool, &refs, &mut Vec::new()).await {
+            Ok(()) => {}
+            Err(e) if is_data_error(&e) => {
+                // One of them will not go in as it is: one by one, plain if need be.
+                for mut r in records {
+                    if write_group_ids(pool, &[&r], &mut Vec::new()).await.is_err() {
+                        plain(&mut r);
+                        let _ = write_group_ids(pool, &[&r], &mut Vec::new()).await;
+                    }
+                }
+            }
+            Err(_) => {
+                let dropped = if dropped > 0 {
+                    records.pop();
+                    dropped
+                } else {
+                    0
+                };
+                backlog.put_back(records, dropped);
                 return;
             }
-            Err(e) if pool.is_closed() => {
-                tracing::error!(error = %e, requests = ids.len(), "Cannot re-record requests answered 503: the pool is closed.");
-                return;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
 }
