@@ -20,18 +20,30 @@ pub struct ProbeSettings {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DatabaseHealth {
     down: AtomicBool,
     /// Why it is down, and since when.
     reason: Mutex<Option<(String, SystemTime)>>,
+    /// `true` while up, for those who wait for the database to go down.
+    up_tx: tokio::sync::watch::Sender<bool>,
 }
 
 impl DatabaseHealth {
     /// Up until something says otherwise.
     pub fn new() -> Arc<DatabaseHealth> {
         metrics::gauge!("gateway_database_up").set(1.0);
-        Arc::new(DatabaseHealth::default())
+        Arc::new(DatabaseHealth {
+            down: AtomicBool::new(false),
+            reason: Mutex::new(None),
+            up_tx: tokio::sync::watch::channel(true).0,
+        })
+    }
+
+    /// Resolves once the database is (or already was) marked down.
+    pub async fn went_down(&self) {
+        let mut rx = self.up_tx.subscribe();
+        let _ = rx.wait_for(|up| !*up).await;
     }
 
     pub fn is_up(&self) -> bool {
@@ -58,6 +70,7 @@ impl DatabaseHealth {
             );
             *reason = Some((why.to_string(), SystemTime::now()));
             metrics::gauge!("gateway_database_up").set(0.0);
+            self.up_tx.send_replace(false);
         }
     }
 
@@ -68,6 +81,7 @@ impl DatabaseHealth {
                 tracing::info!("The database is back: ingest resumes.");
                 *reason = None;
                 metrics::gauge!("gateway_database_up").set(1.0);
+                self.up_tx.send_replace(true);
             }
         }
     }

@@ -276,7 +276,14 @@ async fn run_group(
     let started = std::time::Instant::now();
     let n = records.len();
     let mut write = tokio::spawn(write_isolating(pool.clone(), records));
-    match tokio::time::timeout_at(deadline, &mut write).await {
+    // The answer comes by the deadline, or as soon as the database is known to be down (the
+    // write goes on; what it commits is re-recorded as the 503 its clients got).
+    let finished = tokio::select! {
+        done = &mut write => Ok(done),
+        _ = tokio::time::sleep_until(deadline) => Err(()),
+        _ = health.went_down() => Err(()),
+    };
+    match finished {
         Ok(Ok(mut result)) => {
             metrics::histogram!("gateway_group_commit_seconds")
                 .record(started.elapsed().as_secs_f64());
@@ -298,7 +305,7 @@ async fn run_group(
                 let _ = reply.send(Err(CommitError::Unavailable("internal error".into())));
             }
         }
-        Err(_) => {
+        Err(()) => {
             health.mark_down(&format!(
                 "a commit did not finish within the commit timeout ({} ms after it started)",
                 started.elapsed().as_millis()
