@@ -892,3 +892,59 @@ async fn write_group_ids(
     tx.commit().await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(body: usize) -> InboundRecord {
+        InboundRecord {
+            route: "/v1/track".into(),
+            connection: Some("shop".into()),
+            direction: Direction::SegmentToIterable,
+            status: 200,
+            error_code: None,
+            error_message: None,
+            headers: serde_json::json!({}),
+            content_encoding: None,
+            body: vec![b'x'; body],
+            body_size: body,
+            body_truncated: false,
+            events: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_backlog_keeps_503s_bounded_and_counts_the_rest() {
+        let backlog = Backlog::default();
+        backlog.push(record(5000), "the database was down");
+        let (taken, dropped) = backlog.take(10);
+        assert_eq!((taken.len(), dropped), (1, 0));
+        let r = &taken[0];
+        assert_eq!(
+            (r.status, r.error_code.as_deref()),
+            (503, Some("unavailable"))
+        );
+        assert_eq!((r.body.len(), r.body_truncated), (Backlog::KEEP, true));
+        assert!(r
+            .error_message
+            .as_deref()
+            .unwrap()
+            .contains("the database was down"));
+        for _ in 0..Backlog::MAX_RECORDS + 3 {
+            backlog.push(record(10), "x");
+        }
+        let (taken, dropped) = backlog.take(usize::MAX);
+        assert_eq!((taken.len(), dropped), (Backlog::MAX_RECORDS, 3));
+        backlog.put_back(taken, dropped);
+        assert_eq!(backlog.take(1).1, 3, "counts survive a failed write");
+    }
+
+    #[test]
+    fn only_data_errors_are_isolated() {
+        assert!(!is_data_error(&sqlx::Error::PoolTimedOut));
+        assert!(!is_data_error(&sqlx::Error::Io(std::io::Error::other(
+            "refused"
+        ))));
+    }
+}
