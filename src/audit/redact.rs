@@ -8,8 +8,8 @@
 //!
 //! Two cases need more than the raw bytes: a body cut at a limit may end with the first bytes of
 //! a secret (that tail is redacted too), and JSON may spell a secret with escapes
-//! (`"\u0064emo-key"`), which only the parsed strings show (those bodies are re-serialised from
-//! their parsed, redacted form; see [`Scrubber::needs_deep_scrub`]).
+//! (`"\u0064emo-key"`), which only shows once the escapes are undone (see
+//! [`Scrubber::has_escapes`], [`unescape_json_lossy`]).
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use serde_json::{Map, Value};
@@ -72,17 +72,17 @@ impl Scrubber {
         self.matcher.as_ref().is_some_and(|m| m.is_match(bytes))
     }
 
-    /// Replaces every secret in `bytes` with `<redacted>`; returns whether any was found.
-    pub fn scrub(&self, bytes: &mut Vec<u8>) -> bool {
+    /// Replaces every secret in `bytes` with `<redacted>`; returns how many were found.
+    pub fn scrub(&self, bytes: &mut Vec<u8>) -> usize {
         let Some(m) = &self.matcher else {
-            return false;
+            return 0;
         };
-        if !m.is_match(bytes.as_slice()) {
-            return false;
+        let found = m.find_iter(bytes.as_slice()).count();
+        if found > 0 {
+            let replacements = vec![REDACTED.as_bytes(); self.patterns.len()];
+            *bytes = m.replace_all_bytes(bytes, &replacements);
         }
-        let replacements = vec![REDACTED.as_bytes(); self.patterns.len()];
-        *bytes = m.replace_all_bytes(bytes, &replacements);
-        true
+        found
     }
 
     /// A header name with every secret removed, whatever its case (HTTP lowercases names).
@@ -97,7 +97,7 @@ impl Scrubber {
 
     /// [`scrub`](Self::scrub) for bytes cut at a limit: also redacts a tail that is the start
     /// of a secret (at least 3 bytes of it, or all of a shorter secret's first bytes).
-    pub fn scrub_truncated(&self, bytes: &mut Vec<u8>) -> bool {
+    pub fn scrub_truncated(&self, bytes: &mut Vec<u8>) -> usize {
         let mut found = self.scrub(bytes);
         let longest = self.patterns.iter().map(Vec::len).max().unwrap_or(0);
         for k in (1..longest.min(bytes.len() + 1)).rev() {
@@ -109,7 +109,7 @@ impl Scrubber {
             {
                 bytes.truncate(bytes.len() - k);
                 bytes.extend_from_slice(REDACTED.as_bytes());
-                found = true;
+                found += 1;
                 break;
             }
         }
@@ -158,13 +158,11 @@ impl Scrubber {
         }
     }
 
-    /// Whether values parsed from these (already scrubbed) raw bytes may still hold a secret:
-    /// when a secret was found in them (it may sit in a parsed value too), or when the JSON uses
-    /// the escapes that can spell any character (`\u`, `\/`).
-    pub fn needs_deep_scrub(&self, raw_had_secret: bool, raw: &[u8]) -> bool {
+    /// Whether JSON text uses the escapes that can spell any character (`\u`, `\/`), so that
+    /// a secret may hide from the byte search behind them.
+    pub fn has_escapes(&self, raw: &[u8]) -> bool {
         self.matcher.is_some()
-            && (raw_had_secret
-                || memchr::memmem::find(raw, br"\u").is_some()
+            && (memchr::memmem::find(raw, br"\u").is_some()
                 || memchr::memmem::find(raw, br"\/").is_some())
     }
 }
@@ -296,7 +294,7 @@ mod tests {
     fn scrubbing_keeps_every_other_byte_and_needs_no_json() {
         let s = Scrubber::new(["wk-123", "", "other-secret"]);
         let mut body = br#"{"writeKey":"wk-123","batch":[{"type":"track","x":1.0}],}"#.to_vec();
-        assert!(s.scrub(&mut body));
+        assert_eq!(s.scrub(&mut body), 1);
         assert_eq!(
             body,
             br#"{"writeKey":"<redacted>","batch":[{"type":"track","x":1.0}],}"#.to_vec()
@@ -305,18 +303,19 @@ mod tests {
         s.scrub(&mut two);
         assert_eq!(two, b"<redacted><redacted> trailing".to_vec());
         let mut clean = b"nothing here".to_vec();
-        assert!(!s.scrub(&mut clean));
+        assert_eq!(s.scrub(&mut clean), 0);
     }
 
     #[test]
     fn a_body_cut_inside_a_secret_loses_the_cut_secret() {
         let s = Scrubber::new(["wk-123456"]);
         let mut cut = br#"{"writeKey":"wk-12"#.to_vec();
-        assert!(s.scrub_truncated(&mut cut));
+        assert_eq!(s.scrub_truncated(&mut cut), 1);
         assert_eq!(cut, br#"{"writeKey":"<redacted>"#.to_vec());
         let mut fine = br#"{"a":"w"#.to_vec();
-        assert!(
-            !s.scrub_truncated(&mut fine),
+        assert_eq!(
+            s.scrub_truncated(&mut fine),
+            0,
             "one byte of a secret is not one"
         );
     }
@@ -326,11 +325,12 @@ mod tests {
         let s = Scrubber::new(["demo-key", "q\"uote"]);
         let raw = br#"{"writeKey":"\u0064emo-key","n":"q\"uote"}"#.to_vec();
         let mut scrubbed = raw.clone();
-        assert!(
+        assert_eq!(
             s.scrub(&mut scrubbed),
+            1,
             "the JSON-escaped quote form is a pattern"
         );
-        assert!(s.needs_deep_scrub(false, &raw));
+        assert!(s.has_escapes(&raw));
         let mut v: Value = serde_json::from_slice(&raw).unwrap();
         assert!(s.scrub_value(&mut v));
         assert_eq!(v, json!({"writeKey": "<redacted>", "n": "<redacted>"}));

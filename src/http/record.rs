@@ -82,13 +82,13 @@ impl Ingest {
     pub fn open(&self, req: &HttpRequest, body: Body, direction: Direction) -> Audit<'_> {
         let mut bytes = body.bytes;
         let nul_possible = storable::may_hold_nul(&bytes);
-        let found = if body.truncated {
+        let secrets_found = if body.truncated {
             self.scrubber.scrub_truncated(&mut bytes)
         } else {
             self.scrubber.scrub(&mut bytes)
         };
-        let deep = self.scrubber.needs_deep_scrub(found, &bytes);
-        if deep {
+        let escapes = self.scrubber.has_escapes(&bytes);
+        if escapes {
             // A secret spelt with JSON escapes is only visible once they are undone: the body
             // is then stored re-serialised from its parsed, scrubbed value, or (not JSON, or cut
             // at a limit) with its escapes undone and scrubbed.
@@ -131,7 +131,9 @@ impl Ingest {
         Audit {
             ingest: self,
             record,
-            deep,
+            secrets_found,
+            write_keys_in_body: 0,
+            escapes,
             nul_possible,
             route: req
                 .match_pattern()
@@ -144,8 +146,12 @@ impl Ingest {
 pub struct Audit<'a> {
     ingest: &'a Ingest,
     record: InboundRecord,
-    /// Whether parsed values may hold a secret (see `Scrubber::needs_deep_scrub`).
-    deep: bool,
+    /// Secrets the byte search found in the body, and how many of them are `writeKey` members
+    /// that the events do not keep: when there are more, or the body uses escapes, the events'
+    /// values are scrubbed too.
+    secrets_found: usize,
+    write_keys_in_body: usize,
+    escapes: bool,
     /// Whether parsed values may hold U+0000 (see `storable::may_hold_nul`).
     nul_possible: bool,
     /// The route's pattern, for metrics.
@@ -156,6 +162,12 @@ impl Audit<'_> {
     /// The request is authenticated as (or, for the audit only, identified as) `connection`.
     pub fn set_connection(&mut self, connection: &str) {
         self.record.connection = Some(connection.to_string());
+    }
+
+    /// The body carries `n` write keys (top level and batch items), which the events do not
+    /// keep (`segment::normalise` removes them).
+    pub fn set_write_keys_in_body(&mut self, n: usize) {
+        self.write_keys_in_body = n;
     }
 
     pub fn connection(&self) -> Option<&str> {
@@ -179,7 +191,7 @@ impl Audit<'_> {
 
     /// Commits an accepted request with its events, then acknowledges it.
     async fn accept(mut self, mut events: Vec<NewEvent>) -> Result<HttpResponse, IngestError> {
-        if self.deep {
+        if self.escapes || self.secrets_found > self.write_keys_in_body {
             let scrubber = &self.ingest.scrubber;
             let scrub = |s: &mut String| {
                 let mut bytes = std::mem::take(s).into_bytes();

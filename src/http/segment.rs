@@ -63,8 +63,11 @@ pub async fn tracking_api(
         return Err(audit.refuse(problem).await);
     }
     let parsed = parsed.expect("parsed when the body has no problem");
+    let mut in_body = 0;
     if let Ok(json) = &parsed {
-        presented.extend(write_keys_in_body(json));
+        let keys = write_keys_in_body(json);
+        in_body = keys.len();
+        presented.extend(keys);
     }
     let Some(key) = presented.first() else {
         let why = "no write key: send it as the HTTP Basic user, in X-Write-Key, or as writeKey in the body";
@@ -81,6 +84,7 @@ pub async fn tracking_api(
         return Err(audit.refuse(e).await);
     }
     audit.set_connection(&connection.settings.name);
+    audit.set_write_keys_in_body(in_body);
     let events = parsed
         .map_err(|e| IngestError::InvalidJson(e.to_string()))
         .and_then(|json| events_of(json, route, &connection.destination, &limits.segment()));

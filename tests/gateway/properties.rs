@@ -206,8 +206,8 @@ mod body_parsers {
             let raw = format!(r#"{{"writeKey":"{spelt}","n":1}}"#).into_bytes();
             let scrubber = Scrubber::new([SECRET]);
             let mut scrubbed = raw.clone();
-            let found = scrubber.scrub(&mut scrubbed);
-            prop_assert!(scrubber.needs_deep_scrub(found, &scrubbed));
+            scrubber.scrub(&mut scrubbed);
+            prop_assert!(scrubber.has_escapes(&scrubbed) || !escape.contains(&true));
             let mut v: serde_json::Value = serde_json::from_slice(&scrubbed).unwrap();
             scrubber.scrub_value(&mut v);
             prop_assert!(!v.to_string().contains(SECRET));

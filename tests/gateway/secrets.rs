@@ -184,6 +184,9 @@ async fn traffic(address: &str) -> usize {
             .header(format!("X-{}", s("a", "webhook_token")), "1")
             .body(json!({"type": "track", "event": "H", "userId": "u-h"}).to_string()),
         api.post(format!("{address}/v1/{wka}")).body("{}"),
+        // The write key as the body's own (not kept in the event) and again in a property (kept).
+        api.post(format!("{address}/v1/track")).basic_auth(wka, Some(""))
+            .body(json!({"type": "track", "event": "E", "userId": "u-n", "writeKey": wka, "properties": {"writeKey": wka}}).to_string()),
         api.post(format!("{address}/v1/batch")).basic_auth(wka, Some("")).body(json!({"batch": [
             {"type": wka, "userId": "u"},
             {"type": "track", "event": "E", "messageId": wkb, "userId": s("a", "iterable_api_key")},
