@@ -77,11 +77,17 @@ impl Scrubber {
         let Some(m) = &self.matcher else {
             return 0;
         };
-        let found = m.find_iter(bytes.as_slice()).count();
-        if found > 0 {
-            let replacements = vec![REDACTED.as_bytes(); self.patterns.len()];
-            *bytes = m.replace_all_bytes(bytes, &replacements);
+        if !m.is_match(bytes.as_slice()) {
+            return 0;
         }
+        let mut found = 0;
+        let mut out = Vec::with_capacity(bytes.len());
+        m.replace_all_with_bytes(bytes, &mut out, |_, _, dst| {
+            found += 1;
+            dst.extend_from_slice(REDACTED.as_bytes());
+            true
+        });
+        *bytes = out;
         found
     }
 
