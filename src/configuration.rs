@@ -46,6 +46,17 @@ pub struct ApplicationSettings {
     pub retry_after_secs: u64,
     /// Log format: `pretty` or `json`.
     pub log_format: LogFormat,
+    /// Milliseconds a client has to send a request's head (line and headers): 408 after.
+    pub request_head_timeout_ms: u64,
+    /// Milliseconds a client has to send a request's body once its head is in: 408 (audited).
+    pub body_timeout_ms: u64,
+    /// Seconds an idle keep-alive connection stays open (0: no keep-alive).
+    pub keep_alive_secs: u64,
+    /// Most connections open at once (shared out evenly over the server's worker threads).
+    pub max_connections: usize,
+    /// Bytes kept of the body of a request refused before it is authenticated (unknown route,
+    /// wrong credentials, body too large or unreadable).
+    pub unauthenticated_body_bytes: usize,
 }
 
 /// How logs are written to standard error.
@@ -89,6 +100,11 @@ pub struct DatabaseSettings {
     pub commit_timeout_ms: u64,
     /// Days of audit log kept (older daily partitions are dropped).
     pub retention_days: u32,
+    /// Milliseconds between health probes (`SELECT 1`) while the database is up; while it is
+    /// down, every 200 ms.
+    pub probe_interval_ms: u64,
+    /// Milliseconds a probe waits for its answer before the database counts as down.
+    pub probe_timeout_ms: u64,
 }
 
 /// Ingest: the group commit of inbound requests.
@@ -98,6 +114,10 @@ pub struct IngestSettings {
     pub writers: usize,
     /// Most events one group commit carries.
     pub max_group_events: usize,
+    /// Most requests waiting for a writer.
+    pub queue_requests: usize,
+    /// Most bytes of requests waiting for a writer (each counted as twice its body plus 1 KiB).
+    pub queue_bytes: usize,
 }
 
 /// Delivery to Iterable and Segment.

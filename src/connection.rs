@@ -60,4 +60,21 @@ impl Connections {
     pub fn iter(&self) -> impl Iterator<Item = &Connection> {
         self.0.iter()
     }
+
+    /// Every configured secret of every connection (write keys, Iterable API keys, webhook
+    /// tokens, shared secrets, Segment write keys), for the audit log's scrubber.
+    pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().flat_map(|c| {
+            let s = &c.settings;
+            [
+                &s.write_key,
+                &s.iterable_api_key,
+                &s.webhook_token,
+                &s.shared_secret,
+                &s.segment_write_key,
+            ]
+            .into_iter()
+            .filter_map(secret)
+        })
+    }
 }

@@ -125,6 +125,8 @@ impl Harness {
             headers: json!({}),
             content_encoding: None,
             body: b"{}".to_vec(),
+            body_size: 2,
+            body_truncated: false,
             events,
         };
         write_group(&self.pool, &[&record]).await.unwrap();
