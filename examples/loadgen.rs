@@ -1328,7 +1328,7 @@ fn print_rows(rows: &[serde_json::Value]) {
         num(first, "seconds"),
         num(first, "warmup"),
     );
-    println!("| mode | writer | target | connections | batches ok | errors | events/s committed | p50 ms | p90 ms | p99 ms | max ms | events/s delivered | event states after | gateway peak RSS | CPU cores: gateway / postgres / loadgen | load avg before → after |");
+    println!("| mode | writer | target | connections | batches ok | errors | events/s committed | p50 ms | p90 ms | p99 ms | max ms | events/s delivered | event states after | gateway peak RSS (sum over processes) | CPU cores: gateway(s) / postgres / loadgen | load avg before → after |");
     println!("|---|---|---|---|--:|---|--:|--:|--:|--:|--:|--:|---|--:|--:|---|");
     for r in rows {
         let cores = |k: &str| opt(r, k, |c| format!("{c:.2}"));
