@@ -29,17 +29,14 @@ impl Reply {
     }
 }
 
-/// A JSON POST: waits for the (connection, path) rate limiter, sends `body` with the
-/// credential header, and reads the whole answer.
+/// A JSON POST: sends `body` with the credential header and reads the whole answer (the
+/// engine has taken the rate limit's token).
 pub async fn post_json(
     clients: &Clients,
-    connection: &str,
-    path: &str,
     url: &str,
     credential: Option<(&str, &str)>,
     body: String,
 ) -> Reply {
-    clients.limiters.wait(connection, path).await;
     let mut builder = clients.http.post(url).header(CONTENT_TYPE, JSON).body(body);
     if let Some((name, value)) = credential {
         builder = builder.header(name, value);
@@ -85,8 +82,6 @@ pub async fn post_json(
             }
         }
     };
-    metrics::histogram!("gateway_delivery_request_seconds", "endpoint" => path.to_string())
-        .record(reply.duration.as_secs_f64());
     reply
 }
 

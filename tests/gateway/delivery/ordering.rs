@@ -68,14 +68,23 @@ async fn two_dispatchers_on_one_database_never_send_the_same_event_twice() {
     assert_eq!(delivered, 200);
 }
 
+/// What a live dispatcher of `shop` claims towards Iterable.
+pub fn scope() -> store::ClaimScope<'static> {
+    store::ClaimScope {
+        direction: Direction::SegmentToIterable,
+        connection: "shop",
+        probe: false,
+        dry_run: false,
+    }
+}
+
 #[tokio::test]
 async fn an_expired_lease_is_reclaimed_and_the_old_owner_cannot_settle() {
     // Arrange: a dispatcher claims the event and dies; its lease runs out.
     let h = Harness::start().await;
     h.insert(&[track("m-1", "u-1", "Signed Up")]).await;
     track_bulk_answers(&h, 200).await;
-    let dir = Direction::SegmentToIterable;
-    let lost = store::claim(&h.pool, dir, "crashed", 10, Duration::from_secs(60))
+    let lost = store::claim(&h.pool, scope(), "crashed", 10, Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(lost.len(), 1);
@@ -135,8 +144,7 @@ async fn a_users_next_event_waits_while_the_earlier_one_waits_for_a_retry() {
         .map(|e| e["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(sent, ["m-1", "m-3"]);
-    let dir = Direction::SegmentToIterable;
-    let claimable = store::claim(&h.pool, dir, "probe", 10, Duration::from_secs(60))
+    let claimable = store::claim(&h.pool, scope(), "probe", 10, Duration::from_secs(60))
         .await
         .unwrap();
     assert!(claimable.is_empty(), "{claimable:?}");
