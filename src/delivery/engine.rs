@@ -30,6 +30,10 @@ use std::time::Duration;
 /// Requests of one round in flight at once, per dispatcher (the rate limits still apply).
 pub const CONCURRENT_REQUESTS: usize = 16;
 
+/// The `endpoint` label of events settled without a request of theirs (skipped, refused by
+/// the mapping, released before sending).
+const NO_ENDPOINT: &str = "none";
+
 /// What dry-run mode writes as the reason of the events it settles as `dry_run`.
 pub const DRY_RUN_REASON: &str = "dry-run: not sent";
 
@@ -151,7 +155,7 @@ pub(crate) async fn process<P: Partner>(
     let Planned { jobs, done } = partner.plan(fresh);
     settles.extend(done);
     // What needs no request is settled at once.
-    settle(ctx, partner, &settles).await?;
+    settle(ctx, partner, &settles, NO_ENDPOINT).await?;
 
     let run = Run {
         ctx,
@@ -179,7 +183,7 @@ pub(crate) async fn process<P: Partner>(
         let book = run.book.lock().unwrap_or_else(|e| e.into_inner());
         (0..jobs.len()).filter(|&j| !book.settled[j]).collect()
     };
-    run.settle_jobs(&left).await?;
+    run.settle_jobs(&left, NO_ENDPOINT).await?;
     let mut report = run.report.into_inner().unwrap_or_else(|e| e.into_inner());
     report.claimed = held.len();
     Ok(report)
@@ -190,6 +194,7 @@ async fn settle<P: Partner>(
     ctx: &Ctx<'_>,
     partner: &P,
     settles: &[Settle],
+    endpoint: &str,
 ) -> Result<(), DeliveryError> {
     if settles.is_empty() {
         return Ok(());
@@ -204,10 +209,12 @@ async fn settle<P: Partner>(
         );
     }
     let direction = partner.direction().as_str();
-    for s in settles {
+    // Per final state: events going back to pending (retry, split, released, paused) are not
+    // settled yet.
+    for s in settles.iter().filter(|s| s.next.state() != "pending") {
         metrics::counter!("gateway_delivery_events_total",
             "connection" => partner.connection().to_string(), "direction" => direction,
-            "state" => s.next.state())
+            "endpoint" => endpoint.to_string(), "state" => s.next.state())
         .increment(1);
     }
     Ok(())
@@ -282,7 +289,8 @@ impl<P: Partner> Run<'_, P> {
                     }
                 }
             }
-            self.settle_jobs(&stopped_now).await?;
+            let endpoint = requests.first().map_or(NO_ENDPOINT, |r| r.endpoint);
+            self.settle_jobs(&stopped_now, endpoint).await?;
             // By index: a closure over `&Request` trips a higher-ranked lifetime limit of the
             // compiler once the future must be `Send` (rust-lang/rust#102211).
             stream::iter(admissions)
@@ -299,7 +307,7 @@ impl<P: Partner> Run<'_, P> {
     }
 
     /// Settles the jobs (not settled yet) by where they stand.
-    async fn settle_jobs(&self, which: &[usize]) -> Result<(), DeliveryError> {
+    async fn settle_jobs(&self, which: &[usize], endpoint: &str) -> Result<(), DeliveryError> {
         let settles: Vec<Settle> = {
             let mut book = self.book();
             which
@@ -327,7 +335,7 @@ impl<P: Partner> Run<'_, P> {
                 })
                 .collect()
         };
-        settle(self.ctx, self.partner, &settles).await
+        settle(self.ctx, self.partner, &settles, endpoint).await
     }
 
     /// Takes tokens for the round's requests, per endpoint. A first-round bulk request that
@@ -462,7 +470,7 @@ impl<P: Partner> Run<'_, P> {
             }
             finished
         };
-        self.settle_jobs(&finished).await
+        self.settle_jobs(&finished, request.endpoint).await
     }
 
     /// What the lease must have left for a request to start: its timeout and a margin.
