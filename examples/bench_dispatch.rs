@@ -134,6 +134,8 @@ async fn insert(pool: &PgPool, connection: &str, events: Vec<Value>) {
             headers: json!({}),
             content_encoding: None,
             body: b"{}".to_vec(),
+            body_size: 2,
+            body_truncated: false,
             events,
         };
         write_group(pool, &[&record]).await.unwrap();
@@ -231,7 +233,7 @@ async fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(6.0);
     if std::env::var("RUST_LOG").is_ok() {
-        gateway::telemetry::init_logs("pretty");
+        gateway::telemetry::init_logs(gateway::configuration::LogFormat::Pretty);
     }
     println!("| scenario | measure | value |\n|---|---|---|");
 

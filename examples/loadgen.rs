@@ -13,6 +13,10 @@
 //!     gateway's peak RSS (VmHWM).
 //! ```
 //!
+//! `scripts/chaos` adds `--ack-log FILE --pause-ms N` to `drive` (one line per answer, with the
+//! messageIds it acknowledged or refused) and `--record FILE` to `mock` (one line per event
+//! received), and compares them with the database.
+//!
 //! Modes: `max` keeps `--connections` requests in flight (closed loop, one HTTP connection per
 //! worker) for `--duration` seconds; `rate` sends `--rate` events/s as an open loop (each batch at
 //! its scheduled time; latency is measured from that time, so a stall counts in full).
@@ -55,6 +59,12 @@ struct MockArgs {
     /// When set, requests without this Api-Key get 401 BadApiKey (as Iterable answers).
     #[arg(long)]
     api_key: Option<String>,
+    /// Append one line per event received: `path<TAB>ref<TAB>id`, where ref is the sender's own
+    /// reference (trackEvent `dataFields.ref`; a Segment call's `properties.messageId`, which
+    /// carries the Iterable webhook's) and id the id it arrived with (trackEvent `id`, Segment
+    /// `messageId`). Written before the 200 is sent.
+    #[arg(long)]
+    record: Option<PathBuf>,
 }
 
 #[derive(Parser, Clone)]
@@ -113,6 +123,47 @@ struct DriveArgs {
     /// `webhook` mode: the connection's webhook token (sent as `Authorization: Bearer ...`).
     #[arg(long, default_value = "")]
     webhook_token: String,
+    /// `max` and `webhook` modes: append one line per answer, `unix_ms<TAB>status<TAB>
+    /// latency_us<TAB>kind<TAB>ref,ref,...` (status `err` when there was no HTTP answer), the
+    /// refs being the request's messageIds (batch) or `dataFields.messageId` (webhook). Track
+    /// events then also carry their messageId as `properties.ref`.
+    #[arg(long)]
+    ack_log: Option<PathBuf>,
+    /// `max` and `webhook` modes: milliseconds each worker waits after each answer.
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
+}
+
+/// The `--ack-log` file: one `write` per line, so that lines from concurrent workers never mix
+/// and a killed load generator loses at most the answer in hand.
+struct AckLog(Mutex<std::fs::File>);
+
+impl AckLog {
+    fn open(path: &std::path::Path) -> anyhow::Result<AckLog> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(AckLog(Mutex::new(f)))
+    }
+
+    fn write(&self, kind: &str, outcome: &Result<u16, String>, latency: Duration, refs: &str) {
+        use std::io::Write as _;
+        let status = match outcome {
+            Ok(code) => code.to_string(),
+            Err(_) => "err".to_string(),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let line = format!("{now}\t{status}\t{}\t{kind}\t{refs}\n", latency.as_micros());
+        let _ = self
+            .0
+            .lock()
+            .expect("ack log lock")
+            .write_all(line.as_bytes());
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -141,6 +192,37 @@ struct MockStats {
 struct MockState {
     stats: MockStats,
     api_key: Option<String>,
+    record: Option<Mutex<std::fs::File>>,
+}
+
+/// The `--record` lines of one request: `path<TAB>ref<TAB>id` per event.
+fn record_lines(path: &str, body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let items: Vec<(String, String)> = match path {
+        "/v1/batch" => v["batch"]
+            .as_array()
+            .map(|b| {
+                b.iter()
+                    .map(|e| (text(&e["properties"]["messageId"]), text(&e["messageId"])))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        "/api/events/trackBulk" => v["events"]
+            .as_array()
+            .map(|b| {
+                b.iter()
+                    .map(|e| (text(&e["dataFields"]["ref"]), text(&e["id"])))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        "/api/events/track" => vec![(text(&v["dataFields"]["ref"]), text(&v["id"]))],
+        _ => vec![(String::new(), String::new())],
+    };
+    items
+        .iter()
+        .map(|(r, id)| format!("{path}\t{r}\t{id}\n"))
+        .collect()
 }
 
 #[derive(serde::Deserialize)]
@@ -159,6 +241,14 @@ async fn mock_api(req: HttpRequest, body: web::Bytes, state: web::Data<MockState
     let path = req.path().to_string();
     let stats = &state.stats;
     stats.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(file) = &state.record {
+        use std::io::Write as _;
+        let lines = record_lines(&path, &body);
+        let _ = file
+            .lock()
+            .expect("record lock")
+            .write_all(lines.as_bytes());
+    }
     if path == "/v1/batch" {
         // Segment's tracking API: count the events of the batch.
         let items = serde_json::from_slice::<serde_json::Value>(&body)
@@ -255,9 +345,19 @@ async fn mock_stats(state: web::Data<MockState>) -> HttpResponse {
 }
 
 async fn mock(args: MockArgs) -> anyhow::Result<()> {
+    let record = match &args.record {
+        Some(path) => Some(Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        )),
+        None => None,
+    };
     let state = web::Data::new(MockState {
         stats: MockStats::default(),
         api_key: args.api_key,
+        record,
     });
     let listener = std::net::TcpListener::bind(("127.0.0.1", args.port))?;
     let port = listener.local_addr()?.port();
@@ -302,6 +402,8 @@ struct BatchMaker {
     identify_pct: u32,
     order_pct: u32,
     events: usize,
+    /// Put each track's messageId in `properties.ref` too (`--ack-log`).
+    tag_refs: bool,
 }
 
 impl BatchMaker {
@@ -315,7 +417,17 @@ impl BatchMaker {
             identify_pct: args.identify_pct,
             order_pct: args.order_pct,
             events: args.batch,
+            tag_refs: args.ack_log.is_some(),
         }
+    }
+
+    /// The messageIds of the batch [`next`](Self::next) made last, comma-separated.
+    fn last_refs(&self) -> String {
+        let first = self.seq + 1 - self.events as u64;
+        (first..=self.seq)
+            .map(|seq| format!("{}-{}-{seq}", self.run, self.worker))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     fn next(&mut self) -> String {
@@ -349,9 +461,14 @@ impl BatchMaker {
                 );
             } else {
                 let event = EVENTS[(seq % EVENTS.len() as u64) as usize];
+                let tag = if self.tag_refs {
+                    format!(r#""ref":"{run}-{worker}-{seq}","#)
+                } else {
+                    String::new()
+                };
                 let _ = write!(
                     s,
-                    r#"{{"type":"track","event":"{event}",{common},"properties":{{"title":"Item {seq}","position":{p},"campaignId":"1234","category":"Demo"}}}}"#,
+                    r#"{{"type":"track","event":"{event}",{common},"properties":{{{tag}"title":"Item {seq}","position":{p},"campaignId":"1234","category":"Demo"}}}}"#,
                     p = seq % 100
                 );
             }
@@ -440,15 +557,23 @@ fn client() -> reqwest::Client {
 /// Closed loop: `connections` workers, each with its own HTTP connection, one request at a time.
 async fn run_max(args: &DriveArgs, run: &str, start: Instant, end: Instant) -> Stats {
     let url = format!("{}/v1/batch", args.url.trim_end_matches('/'));
-    closed_loop(args.connections, start, end, |worker| {
+    let logging = args.ack_log.is_some();
+    closed_loop(args, "batch", start, end, |worker| {
         let (url, key) = (url.clone(), args.write_key.clone());
         let mut maker = BatchMaker::new(args, run, worker);
         move |client: &reqwest::Client| {
-            client
+            let body = maker.next();
+            let refs = if logging {
+                maker.last_refs()
+            } else {
+                String::new()
+            };
+            let request = client
                 .post(&url)
                 .basic_auth(&key, Some(""))
                 .header("content-type", "application/json")
-                .body(maker.next())
+                .body(body);
+            (request, refs)
         }
     })
     .await
@@ -470,7 +595,7 @@ async fn run_webhook(args: &DriveArgs, run: &str, start: Instant, end: Instant) 
         args.webhook_connection
     );
     let auth = format!("Bearer {}", args.webhook_token);
-    closed_loop(args.connections, start, end, |worker| {
+    closed_loop(args, "webhook", start, end, |worker| {
         let (url, auth, run, users) = (
             url.clone(),
             auth.clone(),
@@ -489,35 +614,44 @@ async fn run_webhook(args: &DriveArgs, run: &str, start: Instant, end: Instant) 
                 r#"{{"email":"user-{user}@example.com","eventName":"{name}","dataFields":{{"createdAt":"2026-11-25 10:00:00 +00:00","campaignId":{c},"templateId":93849,"messageId":"{run}-{worker}-{seq}","emailSubject":"Hello","ip":"162.245.22.184","userAgent":"Mozilla/5.0"}}}}"#,
                 c = seq % 1000
             );
-            client
+            let request = client
                 .post(&url)
                 .header("authorization", &auth)
                 .header("content-type", "application/json")
-                .body(body)
+                .body(body);
+            (request, format!("{run}-{worker}-{seq}"))
         }
     })
     .await
 }
 
-/// Closed loop: `connections` workers, each with its own HTTP connection and one request in
-/// flight; `worker(i)` gives worker `i` its request builder.
+/// Closed loop: `--connections` workers, each with its own HTTP connection and one request in
+/// flight; `worker(i)` gives worker `i` its request builder (and the request's refs, for
+/// `--ack-log`).
 async fn closed_loop<W>(
-    connections: usize,
+    args: &DriveArgs,
+    kind: &'static str,
     start: Instant,
     end: Instant,
     mut worker: impl FnMut(usize) -> W,
 ) -> Stats
 where
-    W: FnMut(&reqwest::Client) -> reqwest::RequestBuilder + Send + 'static,
+    W: FnMut(&reqwest::Client) -> (reqwest::RequestBuilder, String) + Send + 'static,
 {
+    let ack_log = args
+        .ack_log
+        .as_ref()
+        .map(|path| Arc::new(AckLog::open(path).expect("the --ack-log file opens")));
+    let pause = Duration::from_millis(args.pause_ms);
     let mut tasks = Vec::new();
-    for i in 0..connections {
+    for i in 0..args.connections {
         let mut next = worker(i);
+        let ack_log = ack_log.clone();
         tasks.push(tokio::spawn(async move {
             let client = client();
             let mut stats = Stats::new();
             loop {
-                let request = next(&client);
+                let (request, refs) = next(&client);
                 let sent = Instant::now();
                 if sent >= end {
                     break;
@@ -526,6 +660,12 @@ where
                 let done = Instant::now();
                 if sent >= start && done <= end {
                     stats.record(&outcome, done - sent);
+                }
+                if let Some(log) = &ack_log {
+                    log.write(kind, &outcome, done - sent, &refs);
+                }
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
                 }
             }
             stats

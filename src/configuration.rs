@@ -9,12 +9,15 @@
 use crate::iterable::api::{DataCenter, Hosts};
 use crate::mapping::Destination;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+mod sources;
+pub use sources::{Layered, Sources, BUILT_IN_DEFAULTS, DEFAULT_ENVIRONMENT};
+
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Settings {
     pub application: ApplicationSettings,
     pub database: DatabaseSettings,
@@ -22,12 +25,14 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub iterable: UpstreamSettings,
     pub segment: UpstreamSettings,
+    pub ui: UiSettings,
+    pub metrics: MetricsSettings,
     #[serde(default)]
     pub connections: Vec<ConnectionSettings>,
 }
 
 /// The HTTP server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ApplicationSettings {
     pub host: String,
     pub port: u16,
@@ -40,13 +45,51 @@ pub struct ApplicationSettings {
     /// Seconds a client is told to wait (`Retry-After`) when the database cannot commit.
     pub retry_after_secs: u64,
     /// Log format: `pretty` or `json`.
-    pub log_format: String,
+    pub log_format: LogFormat,
+    /// Milliseconds a client has to send a request's head (line and headers): 408 after.
+    pub request_head_timeout_ms: u64,
+    /// Milliseconds a client has to send a request's body once its head is in: 408 (audited).
+    pub body_timeout_ms: u64,
+    /// Seconds an idle keep-alive connection stays open (0: no keep-alive).
+    pub keep_alive_secs: u64,
+    /// Most connections open at once (shared out evenly over the server's worker threads).
+    pub max_connections: usize,
+    /// Bytes kept of the body of a request refused before it is authenticated (unknown route,
+    /// wrong credentials, body too large or unreadable).
+    pub unauthenticated_body_bytes: usize,
+}
+
+/// How logs are written to standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line per event, for people (colours only when standard error is a terminal).
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The delivery page (`/ui`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct UiSettings {
+    /// The operator token (`Authorization: Bearer`, or the page's sign-in form); unset: no page.
+    #[serde(serialize_with = "redacted")]
+    pub token: Option<SecretString>,
+    pub token_env: Option<String>,
+}
+
+/// Metrics sampled from the database.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct MetricsSettings {
+    /// Seconds between samples of the backlog gauges (0: not sampled).
+    pub sample_secs: u64,
 }
 
 /// PostgreSQL.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DatabaseSettings {
     /// `postgres://...`; unset: the gateway runs its own cluster under `dir`.
+    #[serde(serialize_with = "redacted")]
     pub url: Option<SecretString>,
     /// Data directory of the gateway's own cluster.
     pub dir: PathBuf,
@@ -57,19 +100,28 @@ pub struct DatabaseSettings {
     pub commit_timeout_ms: u64,
     /// Days of audit log kept (older daily partitions are dropped).
     pub retention_days: u32,
+    /// Milliseconds between health probes (`SELECT 1`) while the database is up; while it is
+    /// down, every 200 ms.
+    pub probe_interval_ms: u64,
+    /// Milliseconds a probe waits for its answer before the database counts as down.
+    pub probe_timeout_ms: u64,
 }
 
 /// Ingest: the group commit of inbound requests.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct IngestSettings {
     /// Writer tasks, each committing groups of concurrent requests in one transaction.
     pub writers: usize,
     /// Most events one group commit carries.
     pub max_group_events: usize,
+    /// Most requests waiting for a writer.
+    pub queue_requests: usize,
+    /// Most bytes of requests waiting for a writer (each counted as twice its body plus 1 KiB).
+    pub queue_bytes: usize,
 }
 
 /// Delivery to Iterable and Segment.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DeliverySettings {
     pub mode: DeliveryMode,
     /// Dispatcher tasks per direction; 0: this process only ingests (other gateway processes
@@ -90,8 +142,9 @@ pub struct DeliverySettings {
     /// How often an idle dispatcher looks for due events, milliseconds.
     pub poll_interval_ms: u64,
     /// Requests per second per (connection, endpoint path); `default` for the others. Shared
-    /// by every gateway process on the database. Paths match case-insensitively (the `config`
-    /// crate lowercases table keys); use [`DeliverySettings::rate_limit`].
+    /// by every gateway process on the database. Paths match case-insensitively (a key written
+    /// `"/api/users/bulkupdate"` still holds); use [`DeliverySettings::rate_limit`]. A path that
+    /// names a user is keyed by its template (`"/api/users/{email}"`).
     pub rate_limits: BTreeMap<String, u32>,
     /// Seconds between the probes of a paused connection (its partner refused the key).
     #[serde(default = "default_pause_probe_secs")]
@@ -106,9 +159,8 @@ fn default_pause_probe_secs() -> u64 {
 pub const LEASE_MARGIN_MS: u64 = 1000;
 
 impl DeliverySettings {
-    /// The configured requests per second for an endpoint path (0: unlimited). Case-insensitive:
-    /// the `config` crate lowercases table keys, so `"/api/events/trackBulk"` arrives as
-    /// `/api/events/trackbulk`.
+    /// The configured requests per second for an endpoint path (0: unlimited), matched
+    /// case-insensitively, else `default`.
     pub fn rate_limit(&self, path: &str) -> u32 {
         let find = |key: &str| {
             self.rate_limits
@@ -176,7 +228,7 @@ impl DeliverySettings {
 }
 
 /// `dry-run` records what would be sent without a network call; `live` sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum DeliveryMode {
     #[serde(rename = "dry-run")]
     DryRun,
@@ -184,8 +236,18 @@ pub enum DeliveryMode {
     Live,
 }
 
+impl DeliveryMode {
+    /// As the configuration spells it (`dry-run`, `live`), for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryMode::DryRun => "dry-run",
+            DeliveryMode::Live => "live",
+        }
+    }
+}
+
 /// Base URLs of a partner API (tests point them at wiremock).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct UpstreamSettings {
     pub us_url: String,
     pub eu_url: String,
@@ -201,26 +263,31 @@ impl UpstreamSettings {
 }
 
 /// One Segment source ⇄ Iterable project.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ConnectionSettings {
     /// Used in URLs (`/webhooks/segment/{name}`) and in the audit log.
     pub name: String,
     /// The Segment source's write key: authenticates `/v1/*` calls.
+    #[serde(serialize_with = "redacted")]
     pub write_key: Option<SecretString>,
     pub write_key_env: Option<String>,
     /// Iterable server-side API key.
+    #[serde(serialize_with = "redacted")]
     pub iterable_api_key: Option<SecretString>,
     pub iterable_api_key_env: Option<String>,
     /// `united_states` or `europe`.
     #[serde(default)]
     pub data_center: DataCenter,
     /// Token Iterable's system webhooks send in `Authorization`.
+    #[serde(serialize_with = "redacted")]
     pub webhook_token: Option<SecretString>,
     pub webhook_token_env: Option<String>,
     /// Shared secret of Segment's Webhooks destination (`X-Signature`).
+    #[serde(serialize_with = "redacted")]
     pub shared_secret: Option<SecretString>,
     pub shared_secret_env: Option<String>,
     /// Write key of the Segment source that receives Iterable's events.
+    #[serde(serialize_with = "redacted")]
     pub segment_write_key: Option<SecretString>,
     pub segment_write_key_env: Option<String>,
     /// `us` or `eu`: where Iterable's events go in Segment.
@@ -232,48 +299,81 @@ pub struct ConnectionSettings {
     /// Iterable eventName → Segment event name, over the default table (case-insensitive).
     #[serde(default)]
     pub event_names: serde_json::Map<String, serde_json::Value>,
+    /// Segment event name of Journey webhooks (bodies without eventName); default
+    /// "Journey Webhook", "" refuses them.
+    #[serde(default)]
+    pub journey_event_name: Option<String>,
 }
 
 fn default_region() -> String {
     "us".into()
 }
 
+/// A secret as `gateway config` prints it.
+fn redacted<S: Serializer>(s: &Option<SecretString>, out: S) -> Result<S::Ok, S::Error> {
+    match s {
+        Some(_) => out.serialize_str("<redacted>"),
+        None => out.serialize_none(),
+    }
+}
+
 /// A configuration that cannot run, and why (each message names the key).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot load the configuration: {0}")]
-    Load(#[from] config::ConfigError),
     #[error("{0}")]
     Invalid(String),
 }
 
 impl Settings {
-    /// Loads `dir/default.toml`, then `dir/<GATEWAY_ENVIRONMENT>.toml` if present, then the
-    /// environment, then checks the result.
+    /// The built-in defaults, then `dir/default.toml` and `dir/<GATEWAY_ENVIRONMENT>.toml`, then
+    /// the environment, then checks the result.
     pub fn load(dir: &Path) -> Result<Settings, ConfigError> {
-        let environment = std::env::var("GATEWAY_ENVIRONMENT").unwrap_or_else(|_| "local".into());
-        Settings::load_environment(dir, &environment)
+        Settings::load_from(&Sources::from_env(Some(dir.to_path_buf())))
     }
 
     /// [`load`](Self::load) for a named environment.
     pub fn load_environment(dir: &Path, environment: &str) -> Result<Settings, ConfigError> {
-        let settings: Settings = config::Config::builder()
-            .add_source(config::File::from(dir.join("default.toml")).required(true))
-            .add_source(config::File::from(dir.join(format!("{environment}.toml"))).required(false))
-            .add_source(
-                config::Environment::with_prefix("GATEWAY")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
-            )
-            .build()?
-            .try_deserialize()?;
-        settings.resolve_secrets()?.validate()
+        let mut sources = Sources::from_env(Some(dir.to_path_buf()));
+        sources.environment = environment.to_string();
+        Settings::load_from(&sources)
+    }
+
+    /// Loads from explicit sources (tests pass their own variables).
+    pub fn load_from(sources: &Sources) -> Result<Settings, ConfigError> {
+        Ok(Settings::load_layered(sources)?.0)
+    }
+
+    /// The settings and the merged tree that says where each value came from.
+    pub fn load_layered(sources: &Sources) -> Result<(Settings, Layered), ConfigError> {
+        let (settings, mut layered) = sources::load(sources)?;
+        let settings = settings
+            .resolve_secrets(sources, &mut layered)?
+            .validate()?;
+        Ok((settings, layered))
     }
 
     /// Fills each `<secret>` from its `<secret>_env` variable when that is set.
-    fn resolve_secrets(mut self) -> Result<Settings, ConfigError> {
-        for c in &mut self.connections {
+    fn resolve_secrets(
+        mut self,
+        sources: &Sources,
+        layered: &mut Layered,
+    ) -> Result<Settings, ConfigError> {
+        if let Some(var) = &self.ui.token_env {
+            match sources.var(var) {
+                Some(v) if !v.is_empty() => {
+                    self.ui.token = Some(SecretString::from(v.to_string()));
+                    layered
+                        .origins
+                        .insert("ui.token".into(), format!("env {var} (ui.token_env)"));
+                }
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "ui.token_env names {var:?}, which is not set"
+                    )))
+                }
+            }
+        }
+        for (i, c) in self.connections.iter_mut().enumerate() {
             let name = c.name.clone();
             let pairs: [(&mut Option<SecretString>, &Option<String>, &str); 5] = [
                 (&mut c.write_key, &c.write_key_env, "write_key"),
@@ -292,8 +392,14 @@ impl Settings {
             ];
             for (slot, env, key) in pairs {
                 if let Some(var) = env {
-                    match std::env::var(var) {
-                        Ok(v) if !v.is_empty() => *slot = Some(SecretString::from(v)),
+                    match sources.var(var) {
+                        Some(v) if !v.is_empty() => {
+                            *slot = Some(SecretString::from(v.to_string()));
+                            layered.origins.insert(
+                                format!("connections.{i}.{key}"),
+                                format!("env {var} ({key}_env)"),
+                            );
+                        }
                         _ => {
                             return Err(ConfigError::Invalid(format!(
                                 "connection {name:?}: {key}_env names {var:?}, which is not set"
@@ -451,7 +557,7 @@ mod tests {
         assert_eq!(s.application.max_batch_events, 50, "the variable");
         assert_eq!(s.application.max_event_bytes, 32768, "the default");
         let e = Settings::load_environment(&PathBuf::from("/nonexistent"), "local").unwrap_err();
-        assert!(e.to_string().contains("default.toml"), "{e}");
+        assert!(e.to_string().contains("/nonexistent not found"), "{e}");
         std::fs::remove_dir_all(dir).ok();
     }
 
@@ -490,5 +596,149 @@ mod tests {
             e.contains("connection \"demo\": settings: setting \"cartEvents\""),
             "{e}"
         );
+    }
+
+    /// A directory holding `files`, and sources reading it with `vars` as the whole environment.
+    fn sources(
+        files: &[(&str, &str)],
+        environment: &str,
+        vars: &[(&str, &str)],
+    ) -> (Sources, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let sources = Sources {
+            config: Some(dir.path().to_path_buf()),
+            environment: environment.into(),
+            vars: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        (sources, dir)
+    }
+
+    /// (what, files, environment, variables, what the error says)
+    type Case<'a> = (
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        &'a [&'a str],
+    );
+
+    /// Every mistake of issue 10, each with the one error it gives (and nothing else).
+    #[test]
+    fn each_configuration_mistake_gives_one_clear_error_naming_the_key() {
+        let cases: &[Case] = &[
+            ("a typo in a file", &[("local.toml", "[application]\nprot = 9001\n")], "local", &[],
+             &["unknown configuration key `application.prot`", "local.toml", "did you mean `application.port`?"]),
+            ("a typo in a section", &[("local.toml", "[aplication]\nport = 9001\n")], "local", &[],
+             &["unknown configuration key `aplication`", "did you mean `application`?"]),
+            ("a typo in a connection", &[("local.toml", "[[connections]]\nname = \"a\"\niterable_api_kye = \"k\"\n")], "local", &[],
+             &["unknown configuration key `connections.0.iterable_api_kye`", "did you mean `connections.0.iterable_api_key`?"]),
+            ("a typo in a variable", &[], "local", &[("GATEWAY__APPLICATION__PROT", "9001")],
+             &["unknown configuration key `application.prot` (env GATEWAY__APPLICATION__PROT)", "did you mean `application.port` (GATEWAY__APPLICATION__PORT)?"]),
+            ("one underscore", &[], "local", &[("GATEWAY_APPLICATION_PORT", "9001")],
+             &["GATEWAY_APPLICATION_PORT is not read (one underscore); did you mean GATEWAY__APPLICATION__PORT?"]),
+            ("an environment without its file", &[("staging.toml", "")], "production", &[],
+             &["GATEWAY_ENVIRONMENT is \"production\"", "production.toml does not exist", "environments with a file: staging"]),
+            ("a bad enum value", &[("local.toml", "[delivery]\nmode = \"lve\"\n")], "local", &[],
+             &["delivery.mode = \"lve\"", "local.toml", "expected `dry-run` or `live`"]),
+            ("a bad enum value in a variable", &[], "local", &[("GATEWAY__APPLICATION__LOG_FORMAT", "yaml")],
+             &["application.log_format = \"yaml\" (env GATEWAY__APPLICATION__LOG_FORMAT)", "expected `pretty` or `json`"]),
+            ("a bad data center", &[("local.toml", "[[connections]]\nname = \"a\"\ndata_center = \"us\"\n")], "local", &[],
+             &["connections.0.data_center = \"us\"", "expected `united_states` or `europe`"]),
+            ("malformed TOML", &[("local.toml", "[delivery\nmode = 1\n")], "local", &[],
+             &["local.toml: TOML parse error at line 1"]),
+            ("a number that is not one", &[], "local", &[("GATEWAY__APPLICATION__PORT", "eighty")],
+             &["application.port = \"eighty\" (env GATEWAY__APPLICATION__PORT)", "expected u16"]),
+            ("a list indexed past its end", &[], "local", &[("GATEWAY__CONNECTIONS__5__NAME", "x")],
+             &["GATEWAY__CONNECTIONS__5__NAME: connections has 1 entries; index 5 would leave a gap (use 1)"]),
+            ("a secret variable that is not set", &[("local.toml", "[[connections]]\nname = \"a\"\niterable_api_key_env = \"NOPE_KEY\"\n")], "local", &[],
+             &["connection \"a\": iterable_api_key_env names \"NOPE_KEY\", which is not set"]),
+        ];
+        for (what, files, environment, vars, expected) in cases {
+            let (sources, _dir) = sources(files, environment, vars);
+            let e = Settings::load_from(&sources).expect_err(what).to_string();
+            for part in *expected {
+                assert!(e.contains(part), "{what}: {e:?} lacks {part:?}");
+            }
+            assert_eq!(
+                e.lines().count(),
+                e.lines().collect::<std::collections::HashSet<_>>().len(),
+                "{what}: a line repeats: {e}"
+            );
+            if !what.starts_with("malformed") {
+                assert_eq!(e.lines().count(), 1, "{what}: one error: {e}");
+            }
+            if !what.starts_with("malformed") {
+                assert_eq!(e.matches(expected[0]).count(), 1, "{what}: said once: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn overrides_alone_work_from_anywhere_and_say_where_each_value_came_from() {
+        // Only the keys that change; no default.toml in the directory.
+        let (overrides, _dir) = sources(
+            &[("local.toml", "[application]\nport = 9001\n[[connections]]\nname = \"shop\"\niterable_api_key_env = \"SHOP_KEY\"\n")],
+            "local",
+            &[("GATEWAY__CONNECTIONS__0__WRITE_KEY", "12345"), ("SHOP_KEY", "it-key"), ("GATEWAY__DATABASE__MAX_CONNECTIONS", "4")],
+        );
+        let (s, layered) = Settings::load_layered(&overrides).unwrap();
+        assert_eq!(s.application.port, 9001);
+        assert_eq!(s.database.max_connections, 4);
+        assert_eq!(
+            secret(&s.connections[0].write_key),
+            Some("12345"),
+            "a numeric key stays a string"
+        );
+        assert_eq!(secret(&s.connections[0].iterable_api_key), Some("it-key"));
+        let lines = crate::cli::config::effective(&s, &layered);
+        let find = |k: &str| {
+            lines
+                .iter()
+                .find(|(key, _, _)| key == k)
+                .unwrap_or_else(|| panic!("{k}"))
+                .clone()
+        };
+        assert!(find("application.port").2.ends_with("local.toml"));
+        assert_eq!(find("application.host").2, "default");
+        assert_eq!(
+            find("database.max_connections").2,
+            "env GATEWAY__DATABASE__MAX_CONNECTIONS"
+        );
+        assert_eq!(
+            find("connections.0.write_key").1,
+            serde_json::json!("<redacted>")
+        );
+        assert_eq!(
+            find("connections.0.iterable_api_key").2,
+            "env SHOP_KEY (iterable_api_key_env)"
+        );
+        let text = crate::cli::config::render(&lines);
+        assert!(
+            !text.contains("it-key") && !text.contains("12345"),
+            "{text}"
+        );
+        // No directory at all: the built-in defaults.
+        let s = Settings::load_from(&Sources {
+            config: None,
+            environment: "local".into(),
+            vars: vec![],
+        })
+        .unwrap();
+        assert_eq!(s.application.port, 8080);
+        assert_eq!(s.connections[0].name, "demo");
+        // A variable a *_env key names is not a misspelled key, whatever it looks like.
+        let (named, _dir) = sources(
+            &[("local.toml", "[ui]\ntoken_env = \"GATEWAY_UI_TOKEN\"\n")],
+            "local",
+            &[("GATEWAY_UI_TOKEN", "t0ken")],
+        );
+        let ui = Settings::load_from(&named).unwrap().ui;
+        assert_eq!(secret(&ui.token), Some("t0ken"));
     }
 }

@@ -27,7 +27,8 @@ impl Connections {
             .iter()
             .map(|c| {
                 let destination = c.destination().map_err(anyhow::Error::msg)?;
-                let event_names = EventNames::with_overrides(&c.event_names);
+                let event_names = EventNames::with_overrides(&c.event_names)
+                    .with_journey_name(c.journey_event_name.as_deref());
                 Ok(Connection {
                     settings: c.clone(),
                     destination,
@@ -58,5 +59,22 @@ impl Connections {
 
     pub fn iter(&self) -> impl Iterator<Item = &Connection> {
         self.0.iter()
+    }
+
+    /// Every configured secret of every connection (write keys, Iterable API keys, webhook
+    /// tokens, shared secrets, Segment write keys), for the audit log's scrubber.
+    pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().flat_map(|c| {
+            let s = &c.settings;
+            [
+                &s.write_key,
+                &s.iterable_api_key,
+                &s.webhook_token,
+                &s.shared_secret,
+                &s.segment_write_key,
+            ]
+            .into_iter()
+            .filter_map(secret)
+        })
     }
 }

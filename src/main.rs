@@ -15,6 +15,11 @@ fn main() -> ExitCode {
         Command::Map(args) => gateway::cli::map::run(args),
         Command::Check(args) => gateway::cli::check::run(args),
         Command::EnsureList(args) => gateway::cli::check::run_ensure_list(args),
+        Command::Audit(args) => gateway::cli::audit::run(args),
+        Command::Replay(cmd) => gateway::cli::replay::run(cmd.args, cmd.json),
+        Command::Config(args) => gateway::cli::config::run(args),
+        Command::Forget(args) => gateway::cli::forget::run_forget(args),
+        Command::Unforget(args) => gateway::cli::forget::run_unforget(args),
     };
     match result {
         Ok(code) => code,

@@ -2,10 +2,13 @@
 # PostgreSQL in a scratch directory, and stop both (and nothing else) afterwards.
 #
 #   lg_free_port                      a free TCP port on 127.0.0.1
-#   lg_start BIN CONFIG_DIR WORK_DIR  starts `BIN serve --config CONFIG_DIR` in WORK_DIR (log:
+#   lg_start BIN CONFIG_DIR WORK_DIR  starts `BIN serve --config CONFIG_DIR` in WORK_DIR (log,
+#                                     appended to across restarts:
 #                                     WORK_DIR/gateway.log); sets LG_PID
 #   lg_wait_ready URL SECS            waits for URL/readyz, failing early if the gateway exits
 #   lg_pg_port PG_DIR                 the port of the cluster running in PG_DIR
+#   lg_pg_passfile PG_DIR             its password file (pgpass format): export it as PGPASSFILE
+#                                     and psql, or a postgres://postgres@... URL, connects
 #   lg_stop PG_DIR                    SIGTERM to the gateway (SIGKILL after 15 s), then stops
 #                                     the cluster in PG_DIR (pg_ctl, as postgres when root)
 #
@@ -27,7 +30,7 @@ lg_start() {
     case $v in GATEWAY_*) unset_args+=(-u "$v") ;; esac
   done
   (cd "$work" && exec env "${unset_args[@]}" NO_COLOR=1 RUST_LOG="${RUST_LOG:-info}" \
-    "$bin" serve --config "$config") >"$work/gateway.log" 2>&1 &
+    "$bin" serve --config "$config") >>"$work/gateway.log" 2>&1 &
   LG_PID=$!
 }
 
@@ -49,6 +52,10 @@ lg_wait_ready() {
 
 lg_pg_port() {
   sed -n 4p "$1/postmaster.pid"
+}
+
+lg_pg_passfile() {
+  echo "$1/pgpass"
 }
 
 lg_pg_ctl() {

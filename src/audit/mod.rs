@@ -1,7 +1,10 @@
 //! The audit log: what the database records of every exchange (DESIGN §4), and the group
 //! committer that writes inbound requests with their events before they are acknowledged.
 
+pub mod health;
+pub mod queries;
 pub mod redact;
+pub mod storable;
 pub mod writer;
 
 use serde_json::Value;
@@ -81,7 +84,12 @@ pub struct InboundRecord {
     /// Request headers, secrets redacted.
     pub headers: Value,
     pub content_encoding: Option<String>,
-    /// The body as received, Content-Encoding undone when that worked.
+    /// The body as received, Content-Encoding undone when that worked, secrets removed; only a
+    /// prefix of it when `body_truncated`.
     pub body: Vec<u8>,
+    /// Bytes received (decompressed when that worked; at least `body.len()`).
+    pub body_size: usize,
+    /// Whether `body` is only the first bytes of what was received.
+    pub body_truncated: bool,
     pub events: Vec<NewEvent>,
 }

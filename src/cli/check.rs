@@ -1,6 +1,7 @@
 //! `gateway check` and `gateway ensure-list`: destination-level calls to Iterable.
 
 use super::read_json_file;
+use crate::configuration::{secret, Settings};
 use crate::iterable::api::{DataCenter, Hosts};
 use crate::iterable::client::IterableClient;
 use clap::Args;
@@ -9,19 +10,25 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Where to find the connections and Iterable.
+/// Where to find the connections and Iterable: the gateway's configuration (every connection
+/// with an Iterable key, or `--connection NAME`), or a JSON file of settings.
 #[derive(Debug, Args)]
 pub struct IterableTarget {
-    /// A JSON file: one connection's settings ({"name", "apiKey", "dataCenterLocation"}) or an
-    /// array of them.
+    #[command(flatten)]
+    pub config: super::serve::ConfigArgs,
+    /// Only this configured connection.
+    #[arg(long, conflicts_with = "settings")]
+    pub connection: Option<String>,
+    /// Instead of the configuration, a JSON file: one connection's settings ({"name", "apiKey",
+    /// "dataCenterLocation"}) or an array of them.
     #[arg(long)]
-    pub settings: PathBuf,
-    /// Base URL for US projects.
-    #[arg(long, default_value = "https://api.iterable.com")]
-    pub us_host: String,
-    /// Base URL for EU projects.
-    #[arg(long, default_value = "https://api.eu.iterable.com")]
-    pub eu_host: String,
+    pub settings: Option<PathBuf>,
+    /// Base URL for US projects (default: iterable.us_url of the configuration).
+    #[arg(long)]
+    pub us_host: Option<String>,
+    /// Base URL for EU projects (default: iterable.eu_url of the configuration).
+    #[arg(long)]
+    pub eu_host: Option<String>,
     /// Request timeout in seconds.
     #[arg(long, default_value_t = 30)]
     pub timeout_secs: u64,
@@ -49,7 +56,83 @@ struct Connection {
 }
 
 fn connections(target: &IterableTarget) -> anyhow::Result<(IterableClient, Vec<Connection>)> {
-    let json = read_json_file(&target.settings)?;
+    let (out, configured) = match &target.settings {
+        Some(file) => (from_json_file(file)?, None),
+        None => {
+            let settings = target.config.load()?;
+            (
+                from_configuration(&settings, target.connection.as_deref())?,
+                Some(settings),
+            )
+        }
+    };
+    let base = |given: &Option<String>, configured: Option<&String>, default: &str| {
+        given
+            .as_deref()
+            .or(configured.map(String::as_str))
+            .unwrap_or(default)
+            .trim_end_matches('/')
+            .to_string()
+    };
+    let hosts = Hosts {
+        us: base(
+            &target.us_host,
+            configured.as_ref().map(|s| &s.iterable.us_url),
+            "https://api.iterable.com",
+        ),
+        eu: base(
+            &target.eu_host,
+            configured.as_ref().map(|s| &s.iterable.eu_url),
+            "https://api.eu.iterable.com",
+        ),
+    };
+    let client = IterableClient::new(hosts, Duration::from_secs(target.timeout_secs))?;
+    Ok((client, out))
+}
+
+/// The configured connections with an Iterable key (or the one named, which must have one).
+fn from_configuration(settings: &Settings, only: Option<&str>) -> anyhow::Result<Vec<Connection>> {
+    if let Some(name) = only {
+        if settings.connection(name).is_none() {
+            let names: Vec<&str> = settings
+                .connections
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            anyhow::bail!(
+                "no connection {name:?} in the configuration (connections: {})",
+                names.join(", ")
+            );
+        }
+    }
+    let mut out = Vec::new();
+    for c in &settings.connections {
+        if only.is_some_and(|n| n != c.name) {
+            continue;
+        }
+        match secret(&c.iterable_api_key) {
+            Some(key) => out.push(Connection {
+                name: c.name.clone(),
+                api_key: key.to_string(),
+                data_center: c.data_center,
+            }),
+            None if only.is_some() => anyhow::bail!(
+                "connection {:?} has no iterable_api_key (set it, or iterable_api_key_env)",
+                c.name
+            ),
+            None => {}
+        }
+    }
+    if out.is_empty() {
+        anyhow::bail!(
+            "no configured connection has an iterable_api_key (set one, or pass --settings FILE)"
+        );
+    }
+    Ok(out)
+}
+
+fn from_json_file(file: &PathBuf) -> anyhow::Result<Vec<Connection>> {
+    let json = read_json_file(file)?;
     let items = match json {
         Value::Array(items) => items,
         one => vec![one],
@@ -74,12 +157,7 @@ fn connections(target: &IterableTarget) -> anyhow::Result<(IterableClient, Vec<C
             data_center,
         });
     }
-    let hosts = Hosts {
-        us: target.us_host.trim_end_matches('/').to_string(),
-        eu: target.eu_host.trim_end_matches('/').to_string(),
-    };
-    let client = IterableClient::new(hosts, Duration::from_secs(target.timeout_secs))?;
-    Ok((client, out))
+    Ok(out)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -95,7 +173,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         let mut failures = 0;
         for c in &conns {
             match client.check_key(&c.api_key, c.data_center).await {
-                Ok(()) => println!("ok      {} ({:?})", c.name, c.data_center),
+                Ok(()) => println!("ok      {} ({})", c.name, c.data_center.as_str()),
                 Err(e) => {
                     failures += 1;
                     println!("FAILED  {}: {e}", c.name);

@@ -25,7 +25,8 @@ pub struct MapArgs {
     #[arg(long)]
     pub batch: bool,
     /// What the input lines are: Segment events (default) or Iterable webhook bodies (then the
-    /// output is the Segment batch each becomes; settings: segmentRegion, eventNames).
+    /// output is the Segment batch each becomes; settings: segmentRegion, eventNames,
+    /// journeyEventName).
     #[arg(long, value_parser = ["segment", "iterable"], default_value = "segment")]
     pub from: String,
     /// "Now" for createdAt defaults: RFC 3339 or Unix milliseconds (default: the clock).
@@ -67,13 +68,15 @@ pub fn run(args: MapArgs) -> anyhow::Result<ExitCode> {
 
 /// `--from iterable`: each line is an Iterable webhook body; each output line is the Segment
 /// request it becomes (`POST {region}/v1/batch`). Settings: `segmentRegion` (`us`/`eu`),
-/// `segmentWriteKey` (only redacted), `eventNames` (overrides of the event-name table).
+/// `segmentWriteKey` (only redacted), `eventNames` (overrides of the event-name table),
+/// `journeyEventName` (the event name of Journey webhooks; `""` refuses them).
 fn run_from_iterable(settings: Map<String, Value>, now_ms: i64) -> anyhow::Result<ExitCode> {
     use crate::mapping::reverse::{split_body, to_segment_track, Context, EventNames};
     let names = match settings.get("eventNames") {
         Some(Value::Object(o)) => EventNames::with_overrides(o),
         _ => EventNames::with_overrides(&Map::new()),
-    };
+    }
+    .with_journey_name(settings.get("journeyEventName").and_then(Value::as_str));
     let host = match settings.get("segmentRegion").and_then(Value::as_str) {
         Some("eu") => "https://events.eu1.segmentapis.com",
         _ => "https://api.segment.io",
@@ -335,13 +338,21 @@ pub fn render_requests(
                 if has_key {
                     headers.insert("Api-Key".into(), json!("<redacted>"));
                 }
-                headers.insert("Content-Type".into(), json!("application/json"));
-                json!({
-                    "method": "POST",
-                    "url": format!("{}{}", hosts.base(dest.data_center), r.endpoint.path()),
-                    "headers": headers,
-                    "body": r.body,
-                })
+                let base = hosts.base(dest.data_center);
+                let url = format!("{base}{}", r.endpoint.request_path(&r.body));
+                // A user deletion by path sends no body: its user is in the URL.
+                let mut request = if r.endpoint.sends_body() {
+                    headers.insert("Content-Type".into(), json!("application/json"));
+                    json!({"method": "POST", "url": url, "headers": headers, "body": r.body})
+                } else {
+                    json!({"method": r.endpoint.method(), "url": url, "headers": headers})
+                };
+                // Token registrations: the key the dispatcher sends once per window by.
+                if let Some(once) = dest.once_key(r) {
+                    request["sendOnce"] =
+                        json!({"key": once.key, "withinSeconds": once.window_secs});
+                }
+                request
             })
             .collect(),
     )

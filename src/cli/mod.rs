@@ -1,8 +1,13 @@
 //! The `gateway` command line.
 
+pub mod audit;
 pub mod check;
+pub mod config;
+pub mod forget;
 pub mod map;
+pub mod replay;
 pub mod serve;
+pub mod table;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -26,6 +31,25 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Find or create the Iterable list for an Engage audience key.
     EnsureList(check::EnsureListArgs),
+    /// Answer from the audit log: an event, a user, failures, states, the backlog.
+    Audit(audit::AuditArgs),
+    /// Send chosen events again (same Iterable ids), audited as one replay.
+    Replay(ReplayCmd),
+    /// Print the effective configuration (secrets redacted) and where each value came from.
+    Config(config::ConfigCmdArgs),
+    /// Delete a user (GDPR/CCPA) at Iterable and from the audit log; suppress their later events.
+    Forget(forget::ForgetArgs),
+    /// Lift a user's suppression (and, after a GDPR forget, ask Iterable to unforget them).
+    Unforget(forget::WhoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayCmd {
+    #[command(flatten)]
+    pub args: replay::ReplayArgs,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Reads a JSON file given on the command line, saying which file is wrong.

@@ -1,14 +1,15 @@
-//! PostgreSQL, where the audit log lives.
+//! PostgreSQL, where the audit log lives: the schema and how `serve` connects.
 //!
-//! * [`embedded`]: the cluster the gateway runs itself when no `database.url` is configured
-//!   (DESIGN.md §5), from the PostgreSQL binaries on the machine.
-//! * [`testing`]: a fresh database for each test, on `DATABASE_URL`'s server or on one
-//!   temporary cluster shared by the test run.
+//! The cluster the gateway runs itself when no `database.url` is configured (DESIGN.md §5), and
+//! the fresh database each test gets, are the workspace crate `local-postgres`
+//! (crates/local-postgres).
 
-pub mod embedded;
-pub mod testing;
+pub mod connect;
 
-pub use embedded::{ClusterError, ClusterOptions, LocalCluster, PgBinaries};
+/// Kept so that tests written against `gateway::database::testing` (on branches made before the
+/// move) still build; new tests use `local_postgres::{fresh_database, DbGuard}` directly.
+pub use local_postgres::testing;
+pub use local_postgres::{ClusterError, ClusterOptions, LocalCluster, PgBinaries};
 
 /// The schema, from `migrations/` (applied by `gateway migrate` and at start-up).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

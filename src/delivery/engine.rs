@@ -12,8 +12,9 @@
 //! delivered only when all did.
 
 use super::answer::{self, Step, Verdicts};
-use super::http::{post_json, Reply};
+use super::http::{call, Reply};
 use super::lease::Lease;
+use super::once;
 use super::retry::RetryPolicy;
 use super::store::{self, Attempt, Claimed, Next, Settle};
 use super::{Clients, DeliveryError};
@@ -47,6 +48,8 @@ pub(crate) struct Job<P> {
     /// Refusals by the mapping of other subscriptions that matched the event: it ends `failed`
     /// even when its requests are delivered.
     pub errors: Vec<String>,
+    /// Parts left out because they were sent within their window ([`once`]): why.
+    pub notes: Vec<String>,
 }
 
 /// Claimed events, planned: jobs to send, and transitions decided without sending.
@@ -68,8 +71,15 @@ pub(crate) struct Member {
 /// One HTTP request to send.
 #[derive(Debug)]
 pub(crate) struct Request {
-    /// The path: the rate limit's key and the audit log's `endpoint`.
+    /// The path: the rate limit's key and the audit log's `endpoint`. A path naming a user
+    /// (Iterable's `DELETE users/{email}`) is its template: no personal data in the limiter's
+    /// keys, the audit's `endpoint` or metric labels; the user is only in `url`.
     pub endpoint: &'static str,
+    /// `POST`, or `DELETE` (Iterable's user deletions by path).
+    pub method: &'static str,
+    /// Whether `wire` goes out as the body (with `Content-Type: application/json`); a `DELETE`
+    /// has none and its `wire` is only the planned request, kept for the members.
+    pub sends_body: bool,
     pub url: String,
     /// The credential header (never audited).
     pub credential: Option<(&'static str, String)>,
@@ -104,6 +114,10 @@ pub(crate) trait Partner: Sync {
     /// For a 2xx answer to a bulk request: the members it refused (by index), with why.
     fn refused(&self, _request: &Request, _answer: &Value) -> Vec<(usize, String)> {
         Vec::new()
+    }
+    /// A part to send at most once per window ([`once`]): its key and its endpoint path.
+    fn once(&self, _part: &Self::Part) -> Option<(crate::mapping::OnceKey, &'static str)> {
+        None
     }
 }
 
@@ -152,8 +166,14 @@ pub(crate) async fn process<P: Partner>(
             Settle::of(e, Next::Dead, Some(why), None)
         })
         .collect();
-    let Planned { jobs, done } = partner.plan(fresh);
+    let Planned { mut jobs, done } = partner.plan(fresh);
     settles.extend(done);
+    let dry_run = ctx.settings.delivery.mode == DeliveryMode::DryRun;
+    // Parts sent within their window are left out (token registrations, issue 11); a dry run
+    // is never deduplicated against live delivery.
+    if !dry_run {
+        once::skip_repeats(ctx.pool, partner, &mut jobs).await?;
+    }
     // What needs no request is settled at once.
     settle(ctx, partner, &settles, NO_ENDPOINT).await?;
 
@@ -163,7 +183,7 @@ pub(crate) async fn process<P: Partner>(
         jobs: &jobs,
         lease,
         policy: RetryPolicy::from_settings(&ctx.settings.delivery),
-        dry_run: ctx.settings.delivery.mode == DeliveryMode::DryRun,
+        dry_run,
         paused: AtomicBool::new(false),
         report: Mutex::new(std::mem::take(&mut report)),
         book: Mutex::new(Book {
@@ -172,6 +192,11 @@ pub(crate) async fn process<P: Partner>(
             settled: vec![false; jobs.len()],
         }),
     };
+    // Jobs whose every part was a repeat within its window: nothing to send.
+    let empty: Vec<usize> = (0..jobs.len())
+        .filter(|&j| jobs[j].parts.is_empty())
+        .collect();
+    run.settle_jobs(&empty, NO_ENDPOINT).await?;
     // Rate limits and slow answers can make a batch outlast its lease: renew it meanwhile.
     tokio::select! {
         done = run.rounds() => done?,
@@ -308,9 +333,16 @@ impl<P: Partner> Run<'_, P> {
 
     /// Settles the jobs (not settled yet) by where they stand.
     async fn settle_jobs(&self, which: &[usize], endpoint: &str) -> Result<(), DeliveryError> {
-        let settles: Vec<Settle> = {
+        let (settles, through): (Vec<Settle>, Vec<usize>) = {
             let mut book = self.book();
-            which
+            // Every request of these went through: their once-keys are remembered (not in a
+            // dry run, which sent nothing).
+            let through = which
+                .iter()
+                .copied()
+                .filter(|&j| !book.settled[j] && book.stopped[j].is_none() && !self.dry_run)
+                .collect();
+            let settles = which
                 .iter()
                 .filter(|&&j| !book.settled[j])
                 .copied()
@@ -329,12 +361,19 @@ impl<P: Partner> Run<'_, P> {
                             )),
                         ),
                         None if self.dry_run => (Next::DryRun, Some(DRY_RUN_REASON.to_string())),
+                        // Every part was a repeat within its window: nothing was sent.
+                        None if job.parts.is_empty() => (Next::Skipped, Some(job.notes.join("; "))),
+                        None if !job.notes.is_empty() => {
+                            (Next::Delivered, Some(job.notes.join("; ")))
+                        }
                         None => (Next::Delivered, None),
                     };
                     Settle::of(&job.event, next, reason, job.action.clone())
                 })
-                .collect()
+                .collect();
+            (settles, through)
         };
+        once::remember(self.ctx.pool, self.partner, self.jobs, &through).await?;
         settle(self.ctx, self.partner, &settles, endpoint).await
     }
 
@@ -505,7 +544,12 @@ impl<P: Partner> Run<'_, P> {
             (None, answer::dry_run(request))
         } else {
             let credential = request.credential.as_ref().map(|(k, v)| (*k, v.as_str()));
-            let reply = post_json(clients, &request.url, credential, request.wire.clone()).await;
+            let method = match request.method {
+                "DELETE" => reqwest::Method::DELETE,
+                _ => reqwest::Method::POST,
+            };
+            let body = request.sends_body.then(|| request.wire.clone());
+            let reply = call(clients, method, &request.url, credential, body).await;
             let v = answer::read(
                 self.partner,
                 request,
@@ -533,10 +577,10 @@ impl<P: Partner> Run<'_, P> {
                 connection,
                 direction,
                 endpoint: request.endpoint,
-                method: "POST",
+                method: request.method,
                 url: &request.url,
                 request_headers: &request.audit_headers,
-                request_body: Some(&request.wire),
+                request_body: request.sends_body.then_some(request.wire.as_str()),
                 attempt,
                 dry_run: self.dry_run,
                 status: reply.as_ref().and_then(Reply::status),

@@ -29,15 +29,20 @@ impl Reply {
     }
 }
 
-/// A JSON POST: sends `body` with the credential header and reads the whole answer (the
-/// engine has taken the rate limit's token).
-pub async fn post_json(
+/// One request: `method` to `url` with the credential header and, when there is one, a JSON
+/// `body` (`None`: no body and no `Content-Type`, as Iterable's `DELETE` user deletions);
+/// reads the whole answer (the engine has taken the rate limit's token).
+pub async fn call(
     clients: &Clients,
+    method: reqwest::Method,
     url: &str,
     credential: Option<(&str, &str)>,
-    body: String,
+    body: Option<String>,
 ) -> Reply {
-    let mut builder = clients.http.post(url).header(CONTENT_TYPE, JSON).body(body);
+    let mut builder = clients.http.request(method, url);
+    if let Some(body) = body {
+        builder = builder.header(CONTENT_TYPE, JSON).body(body);
+    }
     if let Some((name, value)) = credential {
         builder = builder.header(name, value);
     }

@@ -162,8 +162,8 @@ mod tests {
     fn paths_match_case_insensitively_and_fall_back_to_the_default() {
         let config = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/config"));
         let s = crate::configuration::Settings::load(&config).unwrap();
-        // The config crate lowercased the keys of the shipped file.
-        assert!(s.delivery.rate_limits.contains_key("/api/events/trackbulk"));
+        // The loader keeps the keys as written.
+        assert!(s.delivery.rate_limits.contains_key("/api/events/trackBulk"));
         let l = Limiters::new(&s.delivery);
         assert_eq!(l.rate("/api/events/trackBulk"), 10);
         assert_eq!(l.rate("/api/users/bulkUpdate"), 5);
@@ -171,5 +171,14 @@ mod tests {
         assert_eq!(l.rate("/api/events/track"), 2000);
         assert_eq!(l.rate("/v1/batch"), 500);
         assert_eq!(l.rate("/api/commerce/updateCart"), 500);
+        // A user deletion is limited by its path template (no user in the key).
+        assert_eq!(l.rate("/api/users/{email}"), 100);
+        assert_eq!(l.rate("/api/users/byUserId/{userId}"), 100);
+        assert_eq!(l.rate("/api/users/forget"), 3);
+        // A key in another case still finds its path.
+        let mut d = s.delivery.clone();
+        d.rate_limits.insert("/api/users/updatecart".into(), 7);
+        assert_eq!(Limiters::new(&d).rate("/api/users/updateCart"), 7);
+        assert!(d.check().is_ok());
     }
 }

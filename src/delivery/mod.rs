@@ -18,6 +18,7 @@ pub mod http;
 pub mod iterable;
 mod lease;
 pub mod limiter;
+mod once;
 pub mod retry;
 pub mod segment;
 pub mod store;

@@ -103,6 +103,7 @@ impl Partner for Segment {
                     parts: vec![wire],
                     action: Some(ACTION.into()),
                     errors: Vec::new(),
+                    notes: Vec::new(),
                 }),
             }
         }
@@ -119,6 +120,8 @@ impl Partner for Segment {
         };
         let batch = |members: Vec<Member>, wire: String, full: bool| Request {
             endpoint: PATH,
+            method: "POST",
+            sends_body: true,
             url: url.clone(),
             credential: self.authorization.clone().map(|a| ("Authorization", a)),
             audit_headers: self.headers.clone(),

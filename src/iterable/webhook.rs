@@ -1,17 +1,14 @@
-//! `POST /webhooks/iterable/{connection}`: Iterable system webhooks (email, push, SMS, in-app
-//! events) become Segment `track` calls in the outbox (DESIGN §1, §3).
+//! Iterable system webhooks (email, push, SMS, in-app events): who is calling, and what a
+//! body becomes (Segment `track` calls in the outbox, DESIGN §1, §3). The route is
+//! `http::iterable`.
 //!
 //! Iterable signs nothing: the caller is authenticated by the connection's webhook token in
 //! `Authorization`, sent raw or after `Basic`, `OAuth2` or `Bearer` (Iterable sends
 //! `Authorization: <type> <token>`, sometimes without the type). Compared in constant time.
 
-use crate::audit::{Direction, EventState, NewEvent};
+use crate::audit::{EventState, NewEvent};
 use crate::error::IngestError;
-use crate::inbound::{accept_or_refuse, header, open_webhook, refuse};
 use crate::mapping::reverse::{split_body, to_segment_track, Context, EventNames};
-use crate::segment::auth::secrets_equal;
-use crate::startup::AppState;
-use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
 /// The token of an `Authorization` header, with or without its scheme.
@@ -28,43 +25,8 @@ pub fn presented_token(header: &str) -> &str {
     header
 }
 
-pub async fn iterable_webhook(
-    req: HttpRequest,
-    name: web::Path<String>,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, IngestError> {
-    let (body, record, connection) =
-        open_webhook(&req, payload, &state, &name, Direction::IterableToSegment).await?;
-    let Some(expected) = crate::configuration::secret(&connection.settings.webhook_token) else {
-        let e = IngestError::Unauthorized(
-            "this connection has no webhook_token, so it accepts no Iterable webhooks".into(),
-        );
-        return Err(refuse(&state, record, e).await);
-    };
-    let presented = header(&req, "authorization").map(presented_token);
-    match presented {
-        Some(token) if secrets_equal(token, expected) => {}
-        Some(_) => {
-            let e = IngestError::Unauthorized("invalid webhook token".into());
-            return Err(refuse(&state, record, e).await);
-        }
-        None => {
-            let e = IngestError::Unauthorized(
-                "no Authorization header: send the connection's webhook token".into(),
-            );
-            return Err(refuse(&state, record, e).await);
-        }
-    }
-    if let Some(problem) = body.problem {
-        return Err(refuse(&state, record, problem).await);
-    }
-    let events = events_of(&body.bytes, &connection.event_names);
-    accept_or_refuse(&state, record, events).await
-}
-
 /// Every event of the body as a Segment call; one bad event refuses the request, naming it.
-fn events_of(bytes: &[u8], names: &EventNames) -> Result<Vec<NewEvent>, IngestError> {
+pub fn events_of(bytes: &[u8], names: &EventNames) -> Result<Vec<NewEvent>, IngestError> {
     let items = split_body(bytes).map_err(|e| IngestError::InvalidJson(e.to_string()))?;
     if items.is_empty() {
         return Err(IngestError::InvalidBody(

@@ -4,6 +4,10 @@ use serde_json::Value;
 
 /// Why an event is skipped, or `None` to send it.
 pub fn skip_reason(event: &Value) -> Option<String> {
+    // A deletion request is not routing: it reaches Iterable whatever `integrations` says.
+    if event.get("type").and_then(Value::as_str) == Some("delete") {
+        return None;
+    }
     let integration = event.get("context").and_then(|c| c.get("integration"));
     if integration
         .and_then(|i| i.get("name"))

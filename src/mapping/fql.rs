@@ -3,12 +3,13 @@
 //! ```text
 //! expr    := and ("or" and)*
 //! and     := unary ("and" unary)*
-//! unary   := "not" unary | "(" expr ")" | field op string
+//! unary   := "not" unary | "(" expr ")" | field op (string | null)
 //! field   := type | event | name | userId | a dotted path such as properties.plan
 //! op      := "=" | "!="
 //! ```
 //! Keywords are case-insensitive. A missing field is never equal to a string, so
-//! `event != "Order Completed"` holds for an identify call, as in Segment.
+//! `event != "Order Completed"` holds for an identify call, as in Segment. `field = null` holds
+//! when the field is missing or `null`, so `context.device.token != null` means "has a token".
 //!
 //! Segment's own destination declares `event == "Cart Updated"`, which its FQL library
 //! silently misreads (reference/iterable-actions.md §3); here `==` is a configuration error.
@@ -21,6 +22,8 @@ use serde_json::Value;
 pub enum Trigger {
     Eq(Vec<String>, String),
     Ne(Vec<String>, String),
+    /// `field = null`: missing or JSON `null`.
+    IsNull(Vec<String>),
     And(Box<Trigger>, Box<Trigger>),
     Or(Box<Trigger>, Box<Trigger>),
     Not(Box<Trigger>),
@@ -54,6 +57,9 @@ impl Trigger {
         match self {
             Trigger::Eq(path, lit) => field_equals(event, path, lit),
             Trigger::Ne(path, lit) => !field_equals(event, path, lit),
+            Trigger::IsNull(path) => {
+                matches!(js::get(event, path).as_deref(), None | Some(Value::Null))
+            }
             Trigger::And(a, b) => a.matches(event) && b.matches(event),
             Trigger::Or(a, b) => a.matches(event) || b.matches(event),
             Trigger::Not(a) => !a.matches(event),
@@ -246,6 +252,16 @@ impl Parser<'_> {
                     None => return Err(self.error(self.end_offset(), "expected \"=\" or \"!=\"")),
                 };
                 self.pos += 1;
+                let path = js::split_path(field.trim_start_matches("$."));
+                if self.keyword("null") {
+                    self.pos += 1;
+                    let is_null = Trigger::IsNull(path);
+                    return Ok(if op == Tok::Eq {
+                        is_null
+                    } else {
+                        Trigger::Not(Box::new(is_null))
+                    });
+                }
                 let lit = match self.peek() {
                     Some(Token {
                         tok: Tok::Str(s), ..
@@ -256,7 +272,6 @@ impl Parser<'_> {
                     }
                 };
                 self.pos += 1;
-                let path = js::split_path(field.trim_start_matches("$."));
                 Ok(if op == Tok::Eq {
                     Trigger::Eq(path, lit)
                 } else {
@@ -292,6 +307,21 @@ mod tests {
         assert!(!t.matches(&json!({"type": "page", "event": "A"})));
         let t = Trigger::parse(r#"properties.plan = "pro""#).unwrap();
         assert!(t.matches(&json!({"properties": {"plan": "pro"}})));
+    }
+
+    #[test]
+    fn null_means_missing_or_null() {
+        let has = Trigger::parse("context.device.token != null").unwrap();
+        assert!(has.matches(&json!({"context": {"device": {"token": "abc"}}})));
+        assert!(has.matches(&json!({"context": {"device": {"token": ""}}})));
+        assert!(!has.matches(&json!({"context": {"device": {"token": null}}})));
+        assert!(!has.matches(&json!({"context": {}})));
+        let none = Trigger::parse("traits.x = NULL").unwrap();
+        assert!(none.matches(&json!({"traits": {}})));
+        assert!(!none.matches(&json!({"traits": {"x": 0}})));
+        // A quoted "null" is the string.
+        let s = Trigger::parse(r#"traits.x = "null""#).unwrap();
+        assert!(!s.matches(&json!({"traits": {}})));
     }
 
     #[test]

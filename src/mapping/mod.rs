@@ -15,7 +15,8 @@ pub mod reverse;
 pub mod schema;
 mod settings;
 
-pub use actions::{Action, ActionError, ListsFlavor, PlannedRequest};
+pub use actions::delete_user::Deletion;
+pub use actions::{Action, ActionError, ListsFlavor, PlannedRequest, PushOptions};
 pub use settings::{default_mapping, ConfigError, Destination, Subscription};
 
 use crate::segment::event::{CallType, SegmentEvent};
@@ -35,6 +36,15 @@ pub enum Outcome {
     Skipped { reason: String },
 }
 
+/// A request to send at most once per `window_secs` for its connection (see
+/// [`Destination::once_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnceKey {
+    /// Deterministic, and no personal data: a UUID v5 of (endpoint, user, token, ...).
+    pub key: String,
+    pub window_secs: u64,
+}
+
 /// Whether payloads are prepared as `perform` (one event) or `performBatch` prepares them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -45,6 +55,9 @@ pub enum Mode {
 impl Destination {
     /// Maps one event through every subscription whose trigger matches it.
     pub fn plan(&self, event: &SegmentEvent, now_ms: i64) -> Vec<Outcome> {
+        if event.call_type() == CallType::Delete {
+            return vec![self.plan_deletion(event)];
+        }
         if let Some(reason) = filters::skip_reason(event.as_value()) {
             return vec![Outcome::Skipped { reason }];
         }
@@ -62,7 +75,27 @@ impl Destination {
 
     /// Whether any subscription's trigger matches (ingest decides pending or skipped with it).
     pub fn matches_any(&self, event: &SegmentEvent) -> bool {
-        self.matching(event).next().is_some()
+        event.call_type() == CallType::Delete || self.matching(event).next().is_some()
+    }
+
+    /// A `delete` message: the deletion of its user, whatever the subscriptions (see
+    /// `actions::delete_user`).
+    fn plan_deletion(&self, event: &SegmentEvent) -> Outcome {
+        let action = Action::DeleteUser;
+        let result = self
+            .prepare_with(
+                &self.deletion_mapping,
+                action,
+                event.as_value(),
+                Mode::Single,
+            )
+            .and_then(|payload| {
+                actions::delete_user::perform(payload, self.deletion, self.user_id_project)
+            });
+        match result {
+            Ok(requests) => Outcome::Requests { action, requests },
+            Err(error) => Outcome::Error { action, error },
+        }
     }
 
     pub(crate) fn matching<'a>(
@@ -111,8 +144,18 @@ impl Destination {
         event: &Value,
         mode: Mode,
     ) -> Result<Map<String, Value>, ActionError> {
-        let schema = sub.action.schema(self.lists_flavor);
-        let mut payload = match sub.mapping.resolve(event) {
+        self.prepare_with(&sub.mapping, sub.action, event, mode)
+    }
+
+    fn prepare_with(
+        &self,
+        mapping: &kit::Mapping,
+        action: Action,
+        event: &Value,
+        mode: Mode,
+    ) -> Result<Map<String, Value>, ActionError> {
+        let schema = action.schema(self.lists_flavor);
+        let mut payload = match mapping.resolve(event) {
             Some(Value::Object(m)) => m,
             _ => Map::new(),
         };
@@ -125,13 +168,28 @@ impl Destination {
         }
     }
 
-    fn context<'a>(&self, event: &'a Value, now_ms: i64) -> actions::Context<'a> {
+    fn context<'a>(&'a self, event: &'a Value, now_ms: i64) -> actions::Context<'a> {
         actions::Context {
             now_ms,
             event,
             flavor: self.lists_flavor,
             user_id_project: self.user_id_project,
+            push: &self.push,
         }
+    }
+
+    /// Whether a planned request is one to send at most once per window, and its key: a token
+    /// registration for the same (user, token) is not sent again within `pushTokenWindowHours`.
+    /// The dispatcher keeps the keys (mapping does no I/O): it skips a request whose key was
+    /// sent for this connection within `window_secs`, and records the key once it was.
+    pub fn once_key(&self, request: &PlannedRequest) -> Option<OnceKey> {
+        if self.push.window_secs == 0 {
+            return None;
+        }
+        actions::register_token::once_key(request).map(|key| OnceKey {
+            key,
+            window_secs: self.push.window_secs,
+        })
     }
 
     /// `perform` for one validated payload.
@@ -150,6 +208,14 @@ impl Destination {
             Action::TrackPurchase => track_purchase::perform(payload, now_ms),
             Action::UpdateEmail => update_email::perform(payload),
             Action::SyncAudience => sync_audience::perform(payload, &self.context(event, now_ms)),
+            Action::RegisterDeviceToken => {
+                register_token::perform_device(payload, &self.context(event, now_ms))
+            }
+            Action::RegisterBrowserToken => register_token::perform_browser(payload),
+            Action::UpdateSubscriptions => update_subscriptions::perform(payload),
+            Action::DeleteUser => {
+                delete_user::perform(payload, self.deletion, self.user_id_project)
+            }
         }
     }
 

@@ -40,6 +40,39 @@ pub const EVENT_NAMES: [(&str, &str); 27] = [
     ("webPushSendSkip", "Web Push Send Skip"),
 ];
 
+/// The system webhook types Iterable's own Segment integration does not forward
+/// (users-and-peers.md §4), with names of the same pattern (channel, then Segment's verb:
+/// Send → Delivered, Click → Clicked, Bounce → Bounced, Send Skip stays). The gateway's
+/// names, not a published mapping; the README's table marks them.
+pub const GATEWAY_EVENT_NAMES: [(&str, &str); 22] = [
+    ("embeddedSend", "Embedded Delivered"),
+    ("embeddedSendSkip", "Embedded Send Skip"),
+    ("embeddedReceived", "Embedded Received"),
+    ("embeddedClick", "Embedded Clicked"),
+    ("embeddedImpression", "Embedded Impression"),
+    ("embeddedSession", "Embedded Session"),
+    ("whatsAppSend", "WhatsApp Delivered"),
+    ("whatsAppReceived", "WhatsApp Received"),
+    ("whatsAppSeen", "WhatsApp Seen"),
+    ("whatsAppClick", "WhatsApp Clicked"),
+    ("whatsAppBounce", "WhatsApp Bounced"),
+    ("whatsAppSendSkip", "WhatsApp Send Skip"),
+    ("journeyExit", "Journey Exited"),
+    ("inAppClose", "In App Closed"),
+    ("inAppDelete", "In App Deleted"),
+    ("inAppRecall", "In App Recalled"),
+    ("inboxSession", "Inbox Session"),
+    ("inboxMessageImpression", "Inbox Message Impression"),
+    ("rcsSend", "RCS Delivered"),
+    ("rcsSendSkip", "RCS Send Skip"),
+    ("smsUsageInfo", "SMS Usage Info"),
+    ("whatsAppUsageInfo", "WhatsApp Usage Info"),
+];
+
+/// The event name of Journey webhooks (bodies without `eventName`) unless the connection
+/// sets `journey_event_name`.
+pub const DEFAULT_JOURNEY_EVENT_NAME: &str = "Journey Webhook";
+
 /// The namespace of the `messageId` UUIDs (a fixed UUID v5 of this project's name).
 const MESSAGE_ID_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x6b1e_4c2a_8f3d_5e7a_9b0c_1d2e_3f4a_5b6c);
@@ -51,19 +84,35 @@ pub enum WebhookError {
     NotAnObject,
     #[error("the event has no eventName (Iterable system webhooks always carry one)")]
     NoEventName,
+    #[error("the event has no eventName, and this connection takes no Journey webhooks (journey_event_name is \"\")")]
+    JourneyRefused,
     #[error("the event has no identity: neither userId nor email (top level or dataFields.email)")]
     NoIdentity,
+    #[error("the Journey webhook (a body without eventName) has no identity: put \"email\" or \"userId\" in its body")]
+    JourneyNoIdentity,
 }
 
-/// Per-connection event names: lowercased Iterable name → Segment name.
-#[derive(Debug, Clone, Default)]
-pub struct EventNames(BTreeMap<String, String>);
+/// Per-connection event names: lowercased Iterable name → Segment name, and the name Journey
+/// webhooks get.
+#[derive(Debug, Clone)]
+pub struct EventNames {
+    names: BTreeMap<String, String>,
+    /// `None`: bodies without an `eventName` are refused.
+    journey: Option<String>,
+}
+
+impl Default for EventNames {
+    fn default() -> Self {
+        EventNames::with_overrides(&Map::new())
+    }
+}
 
 impl EventNames {
     /// The default table with the connection's overrides (`{"emailOpen": "Opened Email"}`).
     pub fn with_overrides(overrides: &Map<String, Value>) -> EventNames {
         let mut map: BTreeMap<String, String> = EVENT_NAMES
             .iter()
+            .chain(GATEWAY_EVENT_NAMES.iter())
             .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
             .collect();
         for (k, v) in overrides {
@@ -71,12 +120,24 @@ impl EventNames {
                 map.insert(k.to_ascii_lowercase(), name.to_string());
             }
         }
-        EventNames(map)
+        EventNames {
+            names: map,
+            journey: Some(DEFAULT_JOURNEY_EVENT_NAME.to_string()),
+        }
+    }
+
+    /// The Segment event name of Journey webhooks; `""` refuses them (as before they were
+    /// passed through). `None` keeps the default.
+    pub fn with_journey_name(mut self, name: Option<&str>) -> EventNames {
+        if let Some(n) = name {
+            self.journey = (!n.trim().is_empty()).then(|| n.to_string());
+        }
+        self
     }
 
     /// Case-insensitive (`emailUnsubscribe` occurs too); unknown names pass through.
     pub fn segment_name(&self, iterable: &str) -> String {
-        self.0
+        self.names
             .get(&iterable.to_ascii_lowercase())
             .cloned()
             .unwrap_or_else(|| iterable.to_string())
@@ -97,12 +158,24 @@ pub fn to_segment_track(
     ctx: &Context<'_>,
 ) -> Result<Value, WebhookError> {
     let obj = event.as_object().ok_or(WebhookError::NotAnObject)?;
-    let event_name = obj
-        .get("eventName")
-        .and_then(Value::as_str)
-        .filter(|s| !s.trim().is_empty())
-        .ok_or(WebhookError::NoEventName)?;
+    // A body without eventName is a Journey webhook: its body is the user's own template, so
+    // all of it becomes the properties, under the connection's Journey event name.
+    let journey = !obj.contains_key("eventName");
+    let segment_name = if journey {
+        ctx.names
+            .journey
+            .clone()
+            .ok_or(WebhookError::JourneyRefused)?
+    } else {
+        let event_name = obj
+            .get("eventName")
+            .and_then(Value::as_str)
+            .filter(|s| !s.trim().is_empty())
+            .ok_or(WebhookError::NoEventName)?;
+        ctx.names.segment_name(event_name)
+    };
     let data_fields = match obj.get("dataFields") {
+        _ if journey => Value::Object(obj.clone()),
         Some(Value::Object(d)) => Value::Object(d.clone()),
         _ => Value::Object(Map::new()),
     };
@@ -116,9 +189,14 @@ pub fn to_segment_track(
             .and_then(Value::as_i64)
             .map(|n| n.to_string())
     });
-    let email = non_empty(obj.get("email")).or_else(|| non_empty(data_fields.get("email")));
+    let email = non_empty(obj.get("email"))
+        .or_else(|| non_empty(obj.get("dataFields").and_then(|d| d.get("email"))));
     if user_id.is_none() && email.is_none() {
-        return Err(WebhookError::NoIdentity);
+        return Err(if journey {
+            WebhookError::JourneyNoIdentity
+        } else {
+            WebhookError::NoIdentity
+        });
     }
     let mut context = Map::new();
     context.insert(
@@ -137,14 +215,19 @@ pub fn to_segment_track(
             context.insert(to.into(), v.clone());
         }
     }
-    let timestamp = data_fields
-        .get("createdAt")
+    let created_at = if journey {
+        obj.get("createdAt")
+            .or_else(|| obj.get("dataFields").and_then(|d| d.get("createdAt")))
+    } else {
+        data_fields.get("createdAt")
+    };
+    let timestamp = created_at
         .and_then(Value::as_str)
         .and_then(parse_iterable_time)
         .unwrap_or_else(|| ctx.received_at.to_string());
     let mut track = Map::new();
     track.insert("type".into(), json!("track"));
-    track.insert("event".into(), json!(ctx.names.segment_name(event_name)));
+    track.insert("event".into(), json!(segment_name));
     match user_id {
         Some(u) => track.insert("userId".into(), json!(u)),
         None => track.insert(
@@ -245,7 +328,11 @@ mod tests {
         }
         assert_eq!(
             convert(r#"{"userId":"u1","eventName":"whatsAppSeen"}"#).unwrap()["event"],
-            "whatsAppSeen"
+            "WhatsApp Seen"
+        );
+        assert_eq!(
+            convert(r#"{"userId":"u1","eventName":"someFutureEvent"}"#).unwrap()["event"],
+            "someFutureEvent"
         );
         let names = EventNames::with_overrides(
             &serde_json::from_str::<Map<String, Value>>(r#"{"EMAILOPEN": "Opened"}"#).unwrap(),
@@ -254,9 +341,49 @@ mod tests {
     }
 
     #[test]
+    fn a_body_without_event_name_is_a_journey_webhook() {
+        let body = r#"{"email":"a@b.co","workflowId":123,"createdAt":"2024-03-01 10:00:00 +00:00","plan":{"tier":"gold"}}"#;
+        let t = convert(body).unwrap();
+        assert_eq!(t["event"], "Journey Webhook");
+        assert_eq!(t["anonymousId"], "a@b.co");
+        assert_eq!(t["timestamp"], "2024-03-01T10:00:00Z");
+        assert_eq!(
+            t["properties"],
+            serde_json::from_str::<Value>(body).unwrap()
+        );
+        let names = EventNames::default().with_journey_name(Some("Journey Step"));
+        let ctx = Context {
+            names: &names,
+            received_at: "2026-01-01T00:00:00Z",
+        };
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            to_segment_track(body.as_bytes(), &v, &ctx).unwrap()["event"],
+            "Journey Step"
+        );
+        let refuse = EventNames::default().with_journey_name(Some(""));
+        let ctx = Context {
+            names: &refuse,
+            received_at: "2026-01-01T00:00:00Z",
+        };
+        assert_eq!(
+            to_segment_track(body.as_bytes(), &v, &ctx),
+            Err(WebhookError::JourneyRefused)
+        );
+        assert_eq!(
+            convert(r#"{"workflowId":1,"dataFields":{"x":1}}"#),
+            Err(WebhookError::JourneyNoIdentity)
+        );
+        assert_eq!(
+            convert(r#"{"workflowId":1,"dataFields":{"email":"d@e.co"}}"#).unwrap()["anonymousId"],
+            "d@e.co"
+        );
+    }
+
+    #[test]
     fn missing_event_name_or_identity_is_an_error_that_says_so() {
         assert_eq!(
-            convert(r#"{"email":"a@b.co","dataFields":{}}"#),
+            convert(r#"{"email":"a@b.co","eventName":"","dataFields":{}}"#),
             Err(WebhookError::NoEventName)
         );
         assert_eq!(

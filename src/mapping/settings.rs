@@ -5,7 +5,8 @@
 //! `dataCenterLocation`), the classic page settings (`map_pages_to_single_event`, ...), and the
 //! gateway's options. Unknown keys are errors, so that a typo does not silently change nothing.
 
-use super::actions::{Action, ListsFlavor};
+use super::actions::delete_user::Deletion;
+use super::actions::{Action, ListsFlavor, PushOptions};
 use super::fql::Trigger;
 use super::kit::Mapping;
 use super::page::PageOptions;
@@ -37,6 +38,12 @@ pub struct Destination {
     pub lists_flavor: ListsFlavor,
     /// `iterableProjectType = "userId"` (list actions).
     pub user_id_project: bool,
+    /// The token actions' settings.
+    pub push: PushOptions,
+    /// `deletion`: what a `delete` message asks Iterable (`delete` or `forget`).
+    pub deletion: Deletion,
+    /// The `deleteUser` mapping (presets.json), run on every `delete` message.
+    pub deletion_mapping: Mapping,
 }
 
 /// A setting or subscription that cannot be used, and why.
@@ -58,7 +65,8 @@ pub enum ConfigError {
 
 const KNOWN: &str = "apiKey, dataCenterLocation, map_pages_to_single_event, track_all_pages, \
 track_categorized_pages, track_named_pages, pageCalls, cartEvents, aliasToUpdateEmail, syncLists, \
-listsDestination, iterableProjectType, subscriptions";
+listsDestination, iterableProjectType, pushTokens, pushApplicationName, apnsSandbox, \
+pushTokenWindowHours, updateSubscriptions, deletion, subscriptions";
 
 impl Default for Destination {
     fn default() -> Self {
@@ -143,6 +151,12 @@ impl Destination {
                 if boolean("syncLists", false)? {
                     sets.push("lists");
                 }
+                if boolean("pushTokens", false)? {
+                    sets.push("push_tokens");
+                }
+                if boolean("updateSubscriptions", false)? {
+                    sets.push("subscription_preferences");
+                }
                 let mut out = Vec::new();
                 for set in sets {
                     for v in PRESETS["subscriptions"][set]
@@ -156,7 +170,39 @@ impl Destination {
                 out
             }
         };
+        let window_hours = match s.get("pushTokenWindowHours") {
+            None | Some(Value::Null) => 24.0,
+            Some(Value::Number(n)) if n.as_f64().is_some_and(|h| h >= 0.0) => {
+                n.as_f64().unwrap_or(24.0)
+            }
+            Some(_) => {
+                return Err(ConfigError::WrongType {
+                    key: "pushTokenWindowHours".into(),
+                    expected: "a number of hours, 0 or more",
+                })
+            }
+        };
+        let push = PushOptions {
+            application_name: string("pushApplicationName")?.map(str::to_string),
+            apns_sandbox: boolean("apnsSandbox", false)?,
+            window_secs: (window_hours * 3600.0).round() as u64,
+        };
+        let deletion = match string("deletion")? {
+            None | Some("delete") => Deletion::Delete,
+            Some("forget") => Deletion::Forget,
+            Some(_) => {
+                return Err(ConfigError::WrongType {
+                    key: "deletion".into(),
+                    expected: "\"delete\" or \"forget\"",
+                })
+            }
+        };
+        let deletion_mapping = Mapping::compile(default_mapping(Action::DeleteUser, lists_flavor))
+            .expect("the deleteUser preset compiles");
         Ok(Destination {
+            push,
+            deletion,
+            deletion_mapping,
             subscriptions,
             data_center: DataCenter::from_setting(string("dataCenterLocation")?),
             page,
@@ -214,7 +260,7 @@ fn compile_subscription(
         .ok_or_else(|| err("\"action\" is required".into()))?;
     let action = Action::parse(action_name).ok_or_else(|| {
         err(format!(
-            "unknown action {action_name:?} (use updateUser, trackEvent, updateCart, trackPurchase, updateEmail or syncAudience)"
+            "unknown action {action_name:?} (use updateUser, trackEvent, updateCart, trackPurchase, updateEmail, syncAudience, registerDeviceToken, registerBrowserToken or updateSubscriptions)"
         ))
     })?;
     // `mapping` replaces the defaults, as a mapping pasted from Segment's UI does;
@@ -291,5 +337,40 @@ mod tests {
             {"trigger": "type = \"track\"", "action": "sendSms"}]}))
         .unwrap_err();
         assert!(e.to_string().contains("unknown action \"sendSms\""), "{e}");
+        let e = Destination::from_settings(&json!({"pushTokenWindowHours": -1})).unwrap_err();
+        assert!(e.to_string().contains("pushTokenWindowHours"), "{e}");
+        let e = Destination::from_settings(&json!({"pushTokens": "yes"})).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("\"pushTokens\" must be true or false"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_token_and_subscription_presets_are_off_until_turned_on() {
+        let names = |s: Value| -> Vec<String> {
+            let d = Destination::from_settings(&s).unwrap();
+            d.subscriptions.into_iter().map(|s| s.name).collect()
+        };
+        assert_eq!(names(json!({})).len(), 5);
+        let on = names(json!({"pushTokens": true, "updateSubscriptions": true}));
+        assert_eq!(
+            on[5..],
+            [
+                "Device Tokens",
+                "Browser Tokens",
+                "Subscription Preferences"
+            ]
+        );
+        let d = Destination::from_settings(&json!({"pushTokenWindowHours": 1.5, "apnsSandbox": true, "pushApplicationName": "app"})).unwrap();
+        assert_eq!(
+            d.push,
+            PushOptions {
+                application_name: Some("app".into()),
+                apns_sandbox: true,
+                window_secs: 5400
+            }
+        );
     }
 }

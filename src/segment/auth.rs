@@ -1,7 +1,6 @@
 //! Who is calling: the write key of Segment's tracking API, and the `X-Signature` of Segment's
 //! Webhooks destination. Every secret comparison is constant-time.
 
-use actix_web::http::header::HeaderMap;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::value::RawValue;
@@ -12,9 +11,13 @@ pub fn secrets_equal(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
-/// The write key from the headers: HTTP Basic user (with or without the `:`), or `X-Write-Key`.
-pub fn write_key_from_headers(headers: &HeaderMap) -> Option<String> {
-    if let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+/// The write key from the headers: HTTP Basic user (with or without the `:`) in
+/// `authorization`, or `x_write_key`.
+pub fn write_key_from_headers(
+    authorization: Option<&str>,
+    x_write_key: Option<&str>,
+) -> Option<String> {
+    if let Some(value) = authorization {
         let value = value.trim();
         if let Some(encoded) = value
             .strip_prefix("Basic ")
@@ -28,25 +31,30 @@ pub fn write_key_from_headers(headers: &HeaderMap) -> Option<String> {
             return (!user.is_empty()).then(|| user.to_string());
         }
     }
-    headers
-        .get("x-write-key")
-        .and_then(|v| v.to_str().ok())
+    x_write_key
         .map(str::trim)
         .filter(|k| !k.is_empty())
         .map(str::to_string)
 }
 
-/// The write key in a body: top-level `writeKey`, or the first batch item's (analytics.js `/v1/b`).
-pub fn write_key_from_body(body: &serde_json::Value) -> Option<String> {
-    body.get("writeKey")
-        .or_else(|| {
-            body.get("batch")
-                .and_then(|b| b.get(0))
-                .and_then(|e| e.get("writeKey"))
-        })
-        .and_then(|k| k.as_str())
-        .filter(|k| !k.is_empty())
-        .map(str::to_string)
+/// Every write key a body carries: top-level `writeKey`, and each batch item's (analytics.js
+/// puts one in every item of `/v1/b`). Non-string values count too (as their JSON), so that
+/// they cannot hide a disagreement.
+pub fn write_keys_in_body(body: &serde_json::Value) -> Vec<String> {
+    let as_key = |k: &serde_json::Value| match k {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut keys: Vec<String> = body.get("writeKey").map(as_key).into_iter().collect();
+    let items = match body {
+        serde_json::Value::Array(items) => Some(items),
+        _ => body.get("batch").and_then(|b| b.as_array()),
+    };
+    for item in items.into_iter().flatten() {
+        keys.extend(item.get("writeKey").map(as_key));
+    }
+    keys.retain(|k| !k.is_empty());
+    keys
 }
 
 /// Why a Segment webhook signature does not verify.
@@ -103,7 +111,6 @@ pub fn verify_signature(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::http::header::{HeaderName, HeaderValue};
 
     /// The vectors of reference/segment-side.md §3.1 (secret `abc123`).
     #[test]
@@ -155,24 +162,19 @@ mod tests {
 
     #[test]
     fn write_keys_come_from_basic_with_or_without_colon_or_the_header() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            HeaderName::from_static("authorization"),
-            HeaderValue::from_static("Basic YWJjMTIzOg=="),
+        assert_eq!(
+            write_key_from_headers(Some("Basic YWJjMTIzOg=="), None).as_deref(),
+            Some("abc123")
         );
-        assert_eq!(write_key_from_headers(&h).as_deref(), Some("abc123"));
-        h.insert(
-            HeaderName::from_static("authorization"),
-            HeaderValue::from_static("Basic YWJjMTIz"),
+        assert_eq!(
+            write_key_from_headers(Some("Basic YWJjMTIz"), Some("other")).as_deref(),
+            Some("abc123")
         );
-        assert_eq!(write_key_from_headers(&h).as_deref(), Some("abc123"));
-        let mut h = HeaderMap::new();
-        h.insert(
-            HeaderName::from_static("x-write-key"),
-            HeaderValue::from_static("k2"),
+        assert_eq!(
+            write_key_from_headers(None, Some(" k2 ")).as_deref(),
+            Some("k2")
         );
-        assert_eq!(write_key_from_headers(&h).as_deref(), Some("k2"));
-        let body = serde_json::json!({"batch": [{"writeKey": "k3"}]});
-        assert_eq!(write_key_from_body(&body).as_deref(), Some("k3"));
+        let body = serde_json::json!({"writeKey": "k1", "batch": [{"writeKey": "k3"}, {"writeKey": 4}, {}]});
+        assert_eq!(write_keys_in_body(&body), vec!["k1", "k3", "4"]);
     }
 }

@@ -8,7 +8,8 @@
 use serde_json::{Map, Value};
 use std::fmt;
 
-/// The six Segment call types.
+/// The six Segment call types, and `delete`: a user deletion request (Segment sends it to
+/// webhooks and to destinations with `onDelete`; segment-side.md §3.2, §3.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CallType {
@@ -18,16 +19,18 @@ pub enum CallType {
     Screen,
     Group,
     Alias,
+    Delete,
 }
 
 impl CallType {
-    pub const ALL: [CallType; 6] = [
+    pub const ALL: [CallType; 7] = [
         CallType::Identify,
         CallType::Track,
         CallType::Page,
         CallType::Screen,
         CallType::Group,
         CallType::Alias,
+        CallType::Delete,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +41,7 @@ impl CallType {
             CallType::Screen => "screen",
             CallType::Group => "group",
             CallType::Alias => "alias",
+            CallType::Delete => "delete",
         }
     }
 
@@ -57,9 +61,13 @@ impl fmt::Display for CallType {
 pub enum EventError {
     #[error("a Segment event must be a JSON object, not {0}")]
     NotAnObject(&'static str),
-    #[error("the event has no \"type\" (one of identify, track, page, screen, group, alias)")]
+    #[error(
+        "the event has no \"type\" (one of identify, track, page, screen, group, alias, delete)"
+    )]
     MissingType,
-    #[error("\"type\" must be one of identify, track, page, screen, group, alias; got {0}")]
+    #[error(
+        "\"type\" must be one of identify, track, page, screen, group, alias, delete; got {0}"
+    )]
     UnknownType(String),
 }
 

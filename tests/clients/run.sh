@@ -138,6 +138,8 @@ GATEWAY_ENVIRONMENT=local lg_start "$gateway" "$tmp/config" "$tmp"
 url=http://127.0.0.1:$port
 lg_wait_ready "$url" 120
 pg_port=$(lg_pg_port "$tmp/pg")
+# The cluster asks for its password: psql and the load generator read it from here.
+export PGPASSFILE=$(lg_pg_passfile "$tmp/pg")
 echo "gateway $url (pid $LG_PID), PostgreSQL on port $pg_port, mock Iterable on port $mock_port"
 
 run_id=r$(date +%s)-$RANDOM

@@ -2,7 +2,7 @@
 //! standing in for Iterable and Segment (style-by-example S14).
 
 use gateway::configuration::{DeliveryMode, Settings};
-use gateway::database::testing::{fresh_database, DbGuard};
+use local_postgres::{fresh_database, DbGuard};
 use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::PgPool;

@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-fn gateway_map(args: &[&str], input: &str) -> (Vec<Value>, String, bool) {
+pub fn gateway_map(args: &[&str], input: &str) -> (Vec<Value>, String, bool) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .arg("map")
         .args(args)
@@ -149,7 +149,7 @@ fn from_iterable_prints_the_segment_batch_each_webhook_becomes() {
     let input = [
         r#"{"email":"docs@iterable.com","eventName":"emailOpen","dataFields":{"createdAt":"2016-12-02 18:51:45 +00:00","ip":"1.2.3.4"}}"#,
         r#"[{"userId":"u1","eventName":"pushSend"},{"userId":"u2","eventName":"smsClick"}]"#,
-        r#"{"email":"a@b.co"}"#,
+        r#"{"workflowId":1}"#,
     ]
     .join("\n");
     let (lines, _, ok) = gateway_map(

@@ -12,10 +12,10 @@ mod retries;
 use gateway::audit::writer::write_group;
 use gateway::audit::{Direction, EventState, InboundRecord, NewEvent};
 use gateway::configuration::{DeliveryMode, Settings, UpstreamSettings};
-use gateway::database::testing::{fresh_database, DbGuard};
 use gateway::delivery::{worker, Clients};
 use gateway::mapping::{js, Destination, Outcome, PlannedRequest};
 use gateway::segment::event::SegmentEvent;
+use local_postgres::{fresh_database, DbGuard};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::path::PathBuf;
@@ -132,6 +132,8 @@ impl Harness {
             headers: json!({}),
             content_encoding: None,
             body: b"{}".to_vec(),
+            body_size: 2,
+            body_truncated: false,
             events,
         };
         write_group(&self.pool, &[&record]).await.unwrap();

@@ -170,7 +170,7 @@ fn gateway_check_reports_each_connection_and_fails_when_one_is_refused() {
         .unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("ok      shop (UnitedStates)"), "{stdout}");
+    assert!(stdout.contains("ok      shop (united_states)"), "{stdout}");
     assert!(
         stdout.contains("FAILED  blog: Credentials are invalid: 401 Unauthorized"),
         "{stdout}"
@@ -180,4 +180,72 @@ fn gateway_check_reports_each_connection_and_fails_when_one_is_refused() {
         "keys never print"
     );
     std::fs::remove_file(file).ok();
+}
+
+#[test]
+fn gateway_check_and_ensure_list_use_the_configured_connections() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(async {
+        let s = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/api/webhooks"))
+            .and(header("Api-Key", "shop-key"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&s)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/api/lists"))
+            .and(header("Api-Key", "shop-key"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({"lists": [{"id": 77, "name": "vip"}]})),
+            )
+            .mount(&s)
+            .await;
+        s
+    });
+    // Only overrides: the defaults are built in. Iterable's host comes from the configuration.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("local.toml"),
+        format!(
+            "[iterable]\nus_url = \"{}\"\n[[connections]]\nname = \"shop\"\niterable_api_key_env = \"CHECK_TEST_SHOP_KEY\"\n\
+             [[connections]]\nname = \"blog\"\niterable_api_key = \"blog-key\"\n",
+            server.uri()
+        ),
+    )
+    .unwrap();
+    let gateway = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(args)
+            .args(["--config", dir.path().to_str().unwrap()])
+            .env("CHECK_TEST_SHOP_KEY", "shop-key")
+            .env_remove("GATEWAY_ENVIRONMENT")
+            .output()
+            .unwrap()
+    };
+    let out = gateway(&["check", "--connection", "shop"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout, "ok      shop (united_states)\n");
+    let out = gateway(&[
+        "ensure-list",
+        "--connection",
+        "shop",
+        "--audience-key",
+        "vip",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "shop\t77\n");
+    let out = gateway(&["check", "--connection", "nope"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("no connection \"nope\" in the configuration (connections: shop, blog)"),
+        "{stderr}"
+    );
 }

@@ -14,7 +14,7 @@ use crate::iterable::api::Endpoint;
 use crate::mapping::{
     js, page, Action, ActionError, Destination, Mode, Outcome, PlannedRequest, Subscription,
 };
-use crate::segment::event::SegmentEvent;
+use crate::segment::event::{CallType, SegmentEvent};
 use serde_json::{Map, Value};
 
 /// Most items in one bulk request (reference §1.3: RudderStack's and Segment's chunk size).
@@ -72,6 +72,24 @@ pub struct EventPlan {
 /// Plans one event through every matching subscription of `dest`.
 pub fn plan_event(dest: &Destination, event: &SegmentEvent, now_ms: i64) -> EventPlan {
     let mut plan = EventPlan::default();
+    // A `delete` message is its user's deletion whatever the subscriptions
+    // (`actions::delete_user`): one request of its own, never in a bulk request.
+    if event.call_type() == CallType::Delete {
+        for outcome in dest.plan(event, now_ms) {
+            match outcome {
+                Outcome::Requests { action, requests } => {
+                    plan.action = Some(action.name().to_string());
+                    plan.parts.extend(requests.into_iter().map(Part::Single));
+                }
+                Outcome::Error { action, error } => {
+                    plan.action = Some(action.name().to_string());
+                    plan.errors.push((action, error));
+                }
+                Outcome::Skipped { reason } => plan.skipped.push(reason),
+            }
+        }
+        return plan;
+    }
     if let Some(reason) = crate::mapping::filters::skip_reason(event.as_value()) {
         plan.skipped.push(reason);
         return plan;

@@ -15,7 +15,7 @@ use super::Compiled;
 use crate::audit::{redact, Direction};
 use crate::configuration::{secret, Settings};
 use crate::iterable::api::{DataCenter, Endpoint, API_KEY_HEADER};
-use crate::mapping::{js, Destination};
+use crate::mapping::{js, Destination, OnceKey};
 use crate::segment::event::SegmentEvent;
 use bulk::Part;
 use reqwest::header::CONTENT_TYPE;
@@ -30,7 +30,9 @@ pub(crate) struct Iterable {
     base: String,
     live: bool,
     now_ms: i64,
+    /// The request headers as audited: with a body, and without (a `DELETE`).
     headers: Value,
+    headers_no_body: Value,
 }
 
 impl Iterable {
@@ -61,21 +63,36 @@ impl Iterable {
                 (API_KEY_HEADER, b"-".as_slice()),
                 (CONTENT_TYPE.as_str(), super::http::JSON.as_bytes()),
             ]),
+            headers_no_body: redact::headers([(API_KEY_HEADER, b"-".as_slice())]),
         }
     }
 
+    /// A request to `endpoint`. A user deletion by path (`DELETE users/{email}`) names its
+    /// user in the URL only, taken from the planned `body`; its `endpoint` stays the template.
     fn request(
         &self,
         endpoint: Endpoint,
+        body: Option<&Value>,
         wire: String,
         members: Vec<Member>,
         full: bool,
     ) -> Request {
+        let sends_body = endpoint.sends_body();
+        let path = match (sends_body, body) {
+            (false, Some(body)) => endpoint.request_path(body),
+            _ => std::borrow::Cow::Borrowed(endpoint.path()),
+        };
         Request {
             endpoint: endpoint.path(),
-            url: format!("{}{}", self.base, endpoint.path()),
+            method: endpoint.method(),
+            sends_body,
+            url: format!("{}{path}", self.base),
             credential: self.api_key.clone().map(|k| (API_KEY_HEADER, k)),
-            audit_headers: self.headers.clone(),
+            audit_headers: if sends_body {
+                self.headers.clone()
+            } else {
+                self.headers_no_body.clone()
+            },
             wire,
             bulk: bulk::is_bulk(endpoint),
             full,
@@ -151,6 +168,7 @@ impl Partner for Iterable {
                     parts: plan.parts,
                     action: plan.action,
                     errors,
+                    notes: Vec::new(),
                 });
                 continue;
             }
@@ -186,6 +204,7 @@ impl Partner for Iterable {
                     };
                     out.requests.push(self.request(
                         r.endpoint,
+                        Some(&r.body),
                         js::to_json_string(&r.body),
                         members,
                         true,
@@ -214,7 +233,7 @@ impl Partner for Iterable {
                 })
                 .collect();
             out.requests
-                .push(self.request(b.request.endpoint, b.wire, members, b.full));
+                .push(self.request(b.request.endpoint, None, b.wire, members, b.full));
         }
         for (j, action, e) in built.errors {
             out.refused
@@ -225,5 +244,16 @@ impl Partner for Iterable {
 
     fn refused(&self, request: &Request, answer: &Value) -> Vec<(usize, String)> {
         answer::refused(&request.members, answer)
+    }
+
+    /// Token registrations are sent once per window (`Destination::once_key`).
+    fn once(&self, part: &Part) -> Option<(OnceKey, &'static str)> {
+        let Part::Single(request) = part else {
+            return None;
+        };
+        let destination = self.destination.as_ref().as_ref().ok()?;
+        destination
+            .once_key(request)
+            .map(|key| (key, request.endpoint.path()))
     }
 }

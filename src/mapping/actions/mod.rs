@@ -6,12 +6,15 @@
 //! requests. Bodies keep JavaScript's key order: keys that the code assigns over an existing key
 //! keep its place, new keys are appended.
 
+pub mod delete_user;
 mod items;
+pub mod register_token;
 pub mod sync_audience;
 pub mod track_event;
 pub mod track_purchase;
 pub mod update_cart;
 pub mod update_email;
+pub mod update_subscriptions;
 pub mod update_user;
 
 use super::js;
@@ -32,6 +35,15 @@ pub enum Action {
     UpdateEmail,
     /// Iterable Lists sync from Engage audiences (reference §10).
     SyncAudience,
+    /// `context.device.token` → `/api/users/registerDeviceToken` (a gateway option).
+    RegisterDeviceToken,
+    /// A web push token → `/api/users/registerBrowserToken` (a gateway option).
+    RegisterBrowserToken,
+    /// `/api/users/updateSubscriptions` (a gateway option; Segment's exists only on staging).
+    UpdateSubscriptions,
+    /// A `delete` message → Iterable's user deletion or GDPR forget (issue 11; not a
+    /// subscription: every connection has it).
+    DeleteUser,
 }
 
 impl Action {
@@ -43,6 +55,10 @@ impl Action {
             Action::TrackPurchase => "trackPurchase",
             Action::UpdateEmail => "updateEmail",
             Action::SyncAudience => "syncAudience",
+            Action::RegisterDeviceToken => "registerDeviceToken",
+            Action::RegisterBrowserToken => "registerBrowserToken",
+            Action::UpdateSubscriptions => "updateSubscriptions",
+            Action::DeleteUser => "deleteUser",
         }
     }
 
@@ -54,6 +70,9 @@ impl Action {
             Action::TrackPurchase,
             Action::UpdateEmail,
             Action::SyncAudience,
+            Action::RegisterDeviceToken,
+            Action::RegisterBrowserToken,
+            Action::UpdateSubscriptions,
         ]
         .into_iter()
         .find(|a| a.name() == name)
@@ -68,6 +87,10 @@ impl Action {
             Action::TrackPurchase => &track_purchase::SCHEMA,
             Action::UpdateEmail => &update_email::SCHEMA,
             Action::SyncAudience => sync_audience::schema(flavor),
+            Action::RegisterDeviceToken => &register_token::DEVICE_SCHEMA,
+            Action::RegisterBrowserToken => &register_token::BROWSER_SCHEMA,
+            Action::UpdateSubscriptions => &update_subscriptions::SCHEMA,
+            Action::DeleteUser => &delete_user::SCHEMA,
         }
     }
 
@@ -126,6 +149,45 @@ pub struct Context<'a> {
     pub flavor: ListsFlavor,
     /// `iterableProjectType` of the lists destination: true for `userId`.
     pub user_id_project: bool,
+    /// The push token settings.
+    pub push: &'a PushOptions,
+}
+
+/// Settings of the token actions (README, settings table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushOptions {
+    /// `pushApplicationName`: used when the event has no `context.app.namespace`.
+    pub application_name: Option<String>,
+    /// `apnsSandbox`: Apple tokens are APNS_SANDBOX unless the event says otherwise.
+    pub apns_sandbox: bool,
+    /// `pushTokenWindowHours` in seconds: a (user, token) registration is sent at most once
+    /// per window (0: every time).
+    pub window_secs: u64,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions {
+            application_name: None,
+            apns_sandbox: false,
+            window_secs: 24 * 3600,
+        }
+    }
+}
+
+/// The one identifier the user endpoints that want "an email or a userId (but not both)" get:
+/// the userId when the event has one, else the email. userId first, because it is the one
+/// every event of a known user carries (an identify has the email in traits, a later track
+/// often has none), so a user's token registrations always name the user the same way and
+/// their once-per-window key (`register_token::once_key`) is the same.
+pub(crate) fn one_identity(
+    payload: &Map<String, Value>,
+) -> Result<(&'static str, Value), ActionError> {
+    let get = |k: &str| payload.get(k).filter(|v| js::truthy(v)).cloned();
+    let choice = get("userId")
+        .map(|u| ("userId", u))
+        .or_else(|| get("email").map(|e| ("email", e)));
+    choice.ok_or_else(|| ActionError::validation("Must include email or userId."))
 }
 
 /// Segment's `Must include email or userId.` check, on JavaScript truthiness.

@@ -380,6 +380,18 @@ async fn a_bad_key_pauses_only_its_connection_and_a_probe_or_a_new_key_resumes_i
     assert_eq!((reason.as_str(), refusals), ("unauthorized", 1));
     let a = &h.attempts("m-1").await[0];
     assert_eq!((a.outcome.as_str(), a.status), ("paused", Some(401)));
+    // The operator's failures (`gateway audit failures`, audit_failures, the page) list it.
+    let failures: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT connection, outcome, reason FROM gateway_failures(now() - interval '1 hour')",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        failures,
+        [("shop".into(), "paused".into(), "BadApiKey".into())],
+        "{failures:?}"
+    );
     let text = metrics.render();
     assert!(
         text.lines()
@@ -488,6 +500,8 @@ async fn insert_for_segment(h: &Harness, events: &[Value]) {
         headers: json!({}),
         content_encoding: None,
         body: b"{}".to_vec(),
+        body_size: 2,
+        body_truncated: false,
         events,
     };
     write_group(&h.pool, &[&record]).await.unwrap();

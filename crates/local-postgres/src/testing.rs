@@ -15,13 +15,16 @@
 //! it exits.
 //!
 //! The cluster is not durable (`fsync = off`): a crash loses it, which a test's data can afford.
+//! It authenticates as the gateway's own cluster does (a generated SCRAM password in its
+//! `pgpass` file), so the tests exercise the same connection path `gateway serve` uses.
 
-use super::embedded::{ClusterOptions, LocalCluster};
+use crate::cluster::{ClusterOptions, LocalCluster};
 use anyhow::Context as _;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection as _, Executor as _, PgConnection, PgPool};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::OnceLock;
 
 /// The server tests create their databases on.
@@ -29,8 +32,10 @@ use std::sync::OnceLock;
 struct Server {
     /// Where `CREATE DATABASE` runs.
     admin: PgConnectOptions,
-    /// `DATABASE_URL`, or `None` for the temporary cluster.
-    external_url: Option<String>,
+    /// A URL of the server (`DATABASE_URL`, or the temporary cluster's with its password).
+    url: String,
+    /// Whether it is `DATABASE_URL`'s server.
+    external: bool,
 }
 
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
@@ -93,45 +98,57 @@ impl DbGuard {
     }
 
     /// A `postgres://` URL of the database, for a child process (`gateway serve`, say).
+    /// It holds the password: hand it to the child's environment, do not print it.
     pub fn url(&self) -> String {
-        match &self.server.external_url {
-            Some(url) => with_database(url, &self.name),
-            None => {
-                let port = self.server.admin.get_port();
-                format!("postgres://postgres@127.0.0.1:{port}/{}", self.name)
-            }
-        }
+        with_database(&self.server.url, &self.name)
     }
 }
 
 impl Drop for DbGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            if self.server.external_url.is_some() {
+            if self.server.external {
                 eprintln!("test database {} kept for inspection", self.name);
             }
             return;
         }
         // Drop can't await, and may run inside a runtime: drop the database from a thread with
-        // a runtime of its own.
+        // a runtime of its own. DROP DATABASE waits until every backend of the server has
+        // answered a signal barrier, and a backend in the middle of its password handshake
+        // answers only once its client has replied. If that client is a task of the runtime this
+        // drop blocks, neither can move (until authentication_timeout, 60 s). So a worker of a
+        // multi-threaded runtime hands its tasks to the others while it waits
+        // (`block_in_place`), and on any other thread the wait is bounded: past it, the drop
+        // finishes in the background.
         let admin = self.server.admin.clone();
         let sql = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);
-        let dropped = std::thread::spawn(move || -> anyhow::Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let mut conn = PgConnection::connect_with(&admin).await?;
-                conn.execute(sql.as_str()).await?;
-                conn.close().await?;
-                Ok(())
-            })
-        })
-        .join();
-        match dropped {
-            Ok(Ok(())) => {}
+        let (done, dropped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result = (|| -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async {
+                    let mut conn = PgConnection::connect_with(&admin).await?;
+                    conn.execute(sql.as_str()).await?;
+                    conn.close().await?;
+                    Ok(())
+                })
+            })();
+            let _ = done.send(result);
+        });
+        let wait = || dropped.recv_timeout(DROP_WAIT);
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let outcome = if multi_threaded {
+            tokio::task::block_in_place(wait)
+        } else {
+            wait()
+        };
+        match outcome {
+            Ok(Ok(())) | Err(RecvTimeoutError::Timeout) => {}
             Ok(Err(e)) => eprintln!("cannot drop test database {}: {e:#}", self.name),
-            Err(_) => eprintln!(
+            Err(RecvTimeoutError::Disconnected) => eprintln!(
                 "cannot drop test database {}: the thread panicked",
                 self.name
             ),
@@ -139,11 +156,15 @@ impl Drop for DbGuard {
     }
 }
 
+/// How long dropping a [`DbGuard`] waits for `DROP DATABASE` outside a multi-threaded runtime.
+const DROP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Server {
     fn describe(&self) -> String {
-        match &self.external_url {
-            Some(_) => "DATABASE_URL's server".into(),
-            None => format!("the test cluster on port {}", self.admin.get_port()),
+        if self.external {
+            "DATABASE_URL's server".into()
+        } else {
+            format!("the test cluster on port {}", self.admin.get_port())
         }
     }
 }
@@ -155,25 +176,21 @@ fn start_server() -> Result<Server, String> {
                 .map_err(|e| format!("DATABASE_URL is not a PostgreSQL URL: {e}"))?;
             return Ok(Server {
                 admin,
-                external_url: Some(url),
+                url,
+                external: true,
             });
         }
     }
-    let port = start_local_cluster().map_err(|e| format!("{e:#}"))?;
-    let admin = PgConnectOptions::new_without_pgpass()
-        .host("127.0.0.1")
-        .port(port)
-        .username("postgres")
-        .database("postgres")
-        .ssl_mode(PgSslMode::Disable);
+    let cluster = start_local_cluster().map_err(|e| format!("{e:#}"))?;
     Ok(Server {
-        admin,
-        external_url: None,
+        admin: cluster.connect_options("postgres"),
+        url: cluster.url("postgres"),
+        external: false,
     })
 }
 
-/// Starts (or, under nextest, finds) the temporary cluster and its watchdog; returns its port.
-fn start_local_cluster() -> anyhow::Result<u16> {
+/// Starts (or, under nextest, finds) the temporary cluster and its watchdog.
+fn start_local_cluster() -> anyhow::Result<LocalCluster> {
     let options = ClusterOptions {
         port: None,
         durable: false,
@@ -203,7 +220,7 @@ fn start_local_cluster() -> anyhow::Result<u16> {
     if cluster.started_here() {
         cluster.stop_when_process_exits(watched_pid, true)?;
     }
-    Ok(cluster.port())
+    Ok(cluster)
 }
 
 /// `NEXTEST_RUN_ID` (a UUID), when it is safe in a file name.

@@ -6,8 +6,18 @@
 //! (`pg_ctl start`) and reuses it when it is. When the gateway runs as root the binaries run as
 //! the `postgres` system user (through `runuser`), since PostgreSQL refuses to run as root.
 //!
-//! The server listens on 127.0.0.1 only, with its Unix socket inside the data directory, and
-//! trusts every local connection: it is reachable from this machine only, by design.
+//! The server listens on 127.0.0.1 only, with its Unix socket inside the data directory.
+//! Every connection, TCP or socket, authenticates as the `postgres` superuser with a password
+//! generated at `initdb` (SCRAM-SHA-256): being on this machine is not enough to read an audit
+//! log full of personal data. The password is kept in [`PASSWORD_FILE`] in the data directory,
+//! mode 0600, in libpq's pgpass format, so `PGPASSFILE=<dir>/pgpass psql -h 127.0.0.1 ...`
+//! works. A cluster made by an earlier version with `trust` is given a password (and its
+//! `pg_hba.conf` rewritten) the first time it is ensured.
+//!
+//! Why a password rather than a Unix socket with peer authentication: under root the server
+//! runs as `postgres`, so peer authentication would need an ident map per operating-system user,
+//! the socket path must fit 107 bytes (deep data directories fall back to TCP), and the
+//! README's and operators' `psql -h 127.0.0.1` lines and URLs keep working with a password.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -32,6 +42,21 @@ const LOG_FILE: &str = "server.log";
 const PG_CTL_TIMEOUT_SECS: u32 = 60;
 /// The longest Unix socket path the kernel takes (`sun_path` is 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
+/// The superuser's password, in the data directory: one pgpass line (`*:*:*:postgres:<pw>`),
+/// mode 0600, owned by the data directory's owner.
+pub const PASSWORD_FILE: &str = "pgpass";
+/// What `pg_hba.conf` says: every connection authenticates with a password (SCRAM-SHA-256).
+const PG_HBA: &str = "\
+# Written by local-postgres (crates/local-postgres): every connection, over the Unix socket in
+# the data directory or TCP on the loopback address, authenticates with a password
+# (SCRAM-SHA-256). The superuser's password is in the file `pgpass` beside this one.
+local   all             all                                     scram-sha-256
+host    all             all             127.0.0.1/32            scram-sha-256
+host    all             all             ::1/128                 scram-sha-256
+local   replication     all                                     scram-sha-256
+host    replication     all             127.0.0.1/32            scram-sha-256
+host    replication     all             ::1/128                 scram-sha-256
+";
 
 /// Why a local cluster could not be found, created, started or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +101,21 @@ pub enum ClusterError {
         /// The error.
         source: io::Error,
     },
+    /// The cluster's password is missing and cannot be set.
+    #[error(
+        "the PostgreSQL cluster in {} has no password file ({PASSWORD_FILE}) and does not trust \
+         local connections, so its password cannot be learnt or set: {reason}. Put \
+         `*:*:*:postgres:<password>` in {}/{PASSWORD_FILE} (mode 0600), or move the directory \
+         away to start afresh",
+        dir.display(),
+        dir.display()
+    )]
+    NoPassword {
+        /// The data directory.
+        dir: PathBuf,
+        /// What was found.
+        reason: String,
+    },
     /// The `postgres` system user cannot reach the data directory (running as root).
     #[error(
         "the {SUPERUSER} system user cannot reach {}: PostgreSQL refuses to run as root, so \
@@ -92,6 +132,24 @@ pub enum ClusterError {
 }
 
 type Result<T> = std::result::Result<T, ClusterError>;
+
+/// The superuser's password: never printed (`Debug` shows `<redacted>`).
+#[derive(Clone, PartialEq, Eq)]
+struct Password(String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Password {
+    /// 122 random bits (a v4 UUID from the operating system's generator), as 32 hex digits:
+    /// nothing in them needs quoting in SQL, a URL or a pgpass line.
+    fn generate() -> Password {
+        Password(uuid::Uuid::new_v4().simple().to_string())
+    }
+}
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ClusterError + 'a {
     move |source| ClusterError::Io {
@@ -224,6 +282,7 @@ impl Default for ClusterOptions {
 pub struct LocalCluster {
     dir: PathBuf,
     port: u16,
+    password: Password,
     binaries: PgBinaries,
     as_postgres: bool,
     started_here: bool,
@@ -252,9 +311,10 @@ impl LocalCluster {
         let as_postgres = running_as_root();
         fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
         let dir = fs::canonicalize(dir).map_err(io_err("cannot resolve", dir))?;
-        let cluster = LocalCluster {
+        let mut cluster = LocalCluster {
             dir,
             port: 0,
+            password: Password(String::new()),
             binaries,
             as_postgres,
             started_here: false,
@@ -271,7 +331,18 @@ impl LocalCluster {
             hand_to_postgres(&cluster.dir)?;
         }
         cluster.init_if_needed(options)?;
-        cluster.start_if_needed(options)
+        let legacy = match cluster.read_password()? {
+            Some(password) => {
+                cluster.password = password;
+                false
+            }
+            None => true,
+        };
+        let mut cluster = cluster.start_if_needed(options)?;
+        if legacy || hba_trusts(&cluster.read_hba()?) {
+            cluster.secure(legacy)?;
+        }
+        Ok(cluster)
     }
 
     /// A new cluster in a new temporary directory, not durable (see [`ClusterOptions`]), stopped
@@ -296,9 +367,25 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    /// A connection URL for database `db` as the `postgres` superuser.
+    /// A connection URL for database `db` as the `postgres` superuser, password included: a
+    /// secret (for a child process's environment, say), not for logs.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{db}", self.port)
+        format!(
+            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{db}",
+            self.password.0, self.port
+        )
+    }
+
+    /// Options for connecting to database `db` as the `postgres` superuser (password included;
+    /// their `Debug` does not show it).
+    pub fn connect_options(&self, db: &str) -> sqlx::postgres::PgConnectOptions {
+        connect_options(self.port, &self.password, db)
+    }
+
+    /// The superuser's password file (pgpass format, mode 0600): `PGPASSFILE=<this> psql -h
+    /// 127.0.0.1 -p <port> -U postgres <db>` connects without a prompt.
+    pub fn password_file(&self) -> PathBuf {
+        self.dir.join(PASSWORD_FILE)
     }
 
     /// The TCP port on 127.0.0.1.
@@ -399,20 +486,43 @@ if [ "$remove" = 1 ]; then rm -rf "$dir"; fi"#;
         if self.dir.join("PG_VERSION").exists() {
             return Ok(());
         }
+        // initdb reads the password from a file: one in a private directory of its own, readable
+        // by the user initdb runs as, removed when this returns.
+        let password = Password::generate();
+        let scratch = tempfile::Builder::new()
+            .prefix("local-postgres-init-")
+            .tempdir()
+            .map_err(io_err(
+                "cannot create a directory in",
+                &std::env::temp_dir(),
+            ))?;
+        let pwfile = scratch.path().join("password");
+        write_private(&pwfile, &format!("{}\n", password.0))?;
+        if self.as_postgres {
+            let uid = postgres_uid()?;
+            for p in [scratch.path(), pwfile.as_path()] {
+                std::os::unix::fs::chown(p, Some(uid), None).map_err(io_err("cannot chown", p))?;
+            }
+        }
         let mut cmd = self.command(&self.binaries.program("initdb"));
         cmd.arg("-D").arg(&self.dir).args([
             "--username=postgres",
             "--encoding=UTF8",
             "--no-locale",
-            "--auth=trust",
+            "--auth=scram-sha-256",
         ]);
+        cmd.arg(format!("--pwfile={}", pwfile.display()));
         if !options.durable {
             cmd.arg("--no-sync");
         }
         let out = run(&mut cmd, "initdb")?;
+        drop(scratch);
         if !out.status.success() {
             return Err(command_failed("initdb", &cmd, &out));
         }
+        self.write_password(&password)?;
+        let hba = self.dir.join("pg_hba.conf");
+        fs::write(&hba, PG_HBA).map_err(io_err("cannot write", &hba))?;
         let conf = self.dir.join("postgresql.conf");
         let mut text = fs::read_to_string(&conf).map_err(io_err("cannot read", &conf))?;
         text.push_str(&self.settings(options.durable));
@@ -450,6 +560,99 @@ if [ "$remove" = 1 ]; then rm -rf "$dir"; fi"#;
         let _ = writeln!(s, "autovacuum_naptime = 5s");
         let _ = writeln!(s, "log_min_messages = warning");
         s
+    }
+
+    /// The password in [`PASSWORD_FILE`], if the file exists.
+    fn read_password(&self) -> Result<Option<Password>> {
+        let file = self.password_file();
+        let text = match fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("cannot read", &file)(e)),
+        };
+        match parse_pgpass_password(&text) {
+            Some(pw) => Ok(Some(Password(pw))),
+            None => Err(ClusterError::NoPassword {
+                dir: self.dir.clone(),
+                reason: format!(
+                    "{} has no `*:*:*:{SUPERUSER}:<password>` line",
+                    file.display()
+                ),
+            }),
+        }
+    }
+
+    /// Writes [`PASSWORD_FILE`] (atomically, mode 0600, owned as the data directory is).
+    fn write_password(&self, password: &Password) -> Result<()> {
+        let file = self.password_file();
+        let tmp = self.dir.join(format!("{PASSWORD_FILE}.tmp"));
+        write_private(&tmp, &format!("*:*:*:{SUPERUSER}:{}\n", password.0))?;
+        if self.as_postgres {
+            let uid = postgres_uid()?;
+            std::os::unix::fs::chown(&tmp, Some(uid), None)
+                .map_err(io_err("cannot chown", &tmp))?;
+        }
+        fs::rename(&tmp, &file).map_err(io_err("cannot write", &file))
+    }
+
+    fn read_hba(&self) -> Result<String> {
+        let hba = self.dir.join("pg_hba.conf");
+        fs::read_to_string(&hba).map_err(io_err("cannot read", &hba))
+    }
+
+    /// Gives a cluster made with `trust` (by an earlier version) a password: `ALTER ROLE` while
+    /// it still trusts us (when `set_password`), the password file, then a `pg_hba.conf` that
+    /// asks for it, and a reload. Each step is safe to repeat if a crash interrupts the next.
+    fn secure(&mut self, set_password: bool) -> Result<()> {
+        if set_password {
+            if !hba_trusts(&self.read_hba()?) {
+                return Err(ClusterError::NoPassword {
+                    dir: self.dir.clone(),
+                    reason: "pg_hba.conf has no `trust` line".into(),
+                });
+            }
+            let password = Password::generate();
+            // The statement holds the password: neither sqlx's statement log nor the server's
+            // log of a failed statement may show it.
+            use sqlx::ConnectOptions as _;
+            let options = sqlx::postgres::PgConnectOptions::new_without_pgpass()
+                .host("127.0.0.1")
+                .port(self.port)
+                .username(SUPERUSER)
+                .database("postgres")
+                .ssl_mode(sqlx::postgres::PgSslMode::Disable)
+                .log_statements(log::LevelFilter::Off)
+                .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(3600));
+            let sql = format!(
+                "SET log_min_error_statement = panic; SET password_encryption = 'scram-sha-256'; \
+                 ALTER ROLE {SUPERUSER} PASSWORD '{}'",
+                password.0
+            );
+            block_on(async move {
+                use sqlx::{Connection as _, Executor as _};
+                let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+                conn.execute(sql.as_str()).await?;
+                conn.close().await
+            })
+            .map_err(|e| ClusterError::Command {
+                what: format!(
+                    "cannot set a password on the PostgreSQL cluster in {} (made with `trust`)",
+                    self.dir.display()
+                ),
+                detail: e.to_string(),
+            })?;
+            self.write_password(&password)?;
+            self.password = password;
+        }
+        let hba = self.dir.join("pg_hba.conf");
+        fs::write(&hba, PG_HBA).map_err(io_err("cannot write", &hba))?;
+        let mut cmd = self.pg_ctl();
+        cmd.arg("reload").arg("-D").arg(&self.dir);
+        let out = run(&mut cmd, "pg_ctl reload")?;
+        if !out.status.success() {
+            return Err(command_failed("pg_ctl reload", &cmd, &out));
+        }
+        Ok(())
     }
 
     fn start_if_needed(mut self, options: &ClusterOptions) -> Result<LocalCluster> {
@@ -605,6 +808,75 @@ fn wait_accepting(dir: &Path, port: u16, within: Duration) -> Result<()> {
     }
 }
 
+fn connect_options(port: u16, password: &Password, db: &str) -> sqlx::postgres::PgConnectOptions {
+    sqlx::postgres::PgConnectOptions::new_without_pgpass()
+        .host("127.0.0.1")
+        .port(port)
+        .username(SUPERUSER)
+        .password(&password.0)
+        .database(db)
+        .ssl_mode(sqlx::postgres::PgSslMode::Disable)
+}
+
+/// Runs a future to completion on a runtime of its own, in a thread of its own (so it works
+/// whether or not the caller is inside a runtime).
+fn block_on<T: Send + 'static>(
+    fut: impl std::future::Future<Output = std::result::Result<T, sqlx::Error>> + Send + 'static,
+) -> std::result::Result<T, sqlx::Error> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(sqlx::Error::Io)?
+            .block_on(fut)
+    })
+    .join()
+    .unwrap_or_else(|_| Err(sqlx::Error::Protocol("the thread panicked".into())))
+}
+
+/// Creates (or truncates) a file readable by its owner only and writes `text` to it.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("cannot create", path))?;
+    // `mode` applies only when the file is created.
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(io_err("cannot chmod", path))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io_err("cannot write", path))
+}
+
+/// The superuser's password in a pgpass text: the last field of its `*:*:*:postgres:` line.
+fn parse_pgpass_password(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let pw = line
+            .trim_end()
+            .strip_prefix(&format!("*:*:*:{SUPERUSER}:"))?;
+        (!pw.is_empty()).then(|| pw.to_string())
+    })
+}
+
+/// Whether a `pg_hba.conf` text has a line whose method is `trust`.
+fn hba_trusts(text: &str) -> bool {
+    text.lines().any(|line| {
+        let line = line.split('#').next().unwrap_or_default();
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // local DB USER METHOD | host DB USER ADDRESS [MASK] METHOD [OPTIONS]
+        match fields.first() {
+            Some(&"local") => fields.get(3) == Some(&"trust"),
+            Some(_) => fields.iter().skip(3).any(|f| *f == "trust"),
+            None => false,
+        }
+    })
+}
+
 /// The port on the fourth line of a `postmaster.pid` file.
 pub fn parse_pid_file_port(text: &str) -> Option<u16> {
     text.lines().nth(3)?.trim().parse().ok()
@@ -744,6 +1016,28 @@ fn log_tail(log: &Path, from: u64, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trust_is_found_in_pg_hba_conf() {
+        assert!(!hba_trusts(PG_HBA));
+        assert!(hba_trusts("# c\nlocal all all trust\n"));
+        assert!(hba_trusts("host all all 127.0.0.1/32 trust"));
+        assert!(hba_trusts("host all all 127.0.0.1 255.255.255.255 trust"));
+        assert!(!hba_trusts(
+            "# local all all trust\nhost all trust 127.0.0.1/32 md5"
+        ));
+    }
+
+    #[test]
+    fn the_password_is_read_from_its_pgpass_line() {
+        assert_eq!(
+            parse_pgpass_password("*:*:*:postgres:abc123\n").as_deref(),
+            Some("abc123")
+        );
+        assert_eq!(parse_pgpass_password("*:*:*:postgres:\n"), None);
+        assert_eq!(parse_pgpass_password("*:*:*:other:x\n"), None);
+        assert!(!format!("{:?}", Password("abc".into())).contains("abc"));
+    }
 
     #[test]
     fn port_is_the_fourth_line_of_postmaster_pid() {

@@ -1,0 +1,143 @@
+//! The group commit keeps the audit log in step with the answers: a request whose commit did not
+//! finish by its deadline is answered 503 and, if its write lands later, re-recorded as 503; a
+//! request that cannot even join the queue (bounded in bytes) by its deadline is answered 503 and
+//! recorded as such once the database takes it.
+
+use gateway::audit::health::{DatabaseHealth, ProbeSettings};
+use gateway::audit::writer::{CommitError, Committed, CommitterSettings, GroupCommitter};
+use gateway::audit::{Direction, InboundRecord};
+use gateway::database::testing::fresh_database;
+use serde_json::json;
+use sqlx::Connection as _;
+use std::time::Duration;
+use tokio::time::Instant;
+
+fn record(body: &str) -> InboundRecord {
+    InboundRecord {
+        route: "/v1/track".into(),
+        connection: Some("shop".into()),
+        direction: Direction::SegmentToIterable,
+        status: 200,
+        error_code: None,
+        error_message: None,
+        headers: json!({}),
+        content_encoding: None,
+        body: body.as_bytes().to_vec(),
+        body_size: body.len(),
+        body_truncated: false,
+        events: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_lands_after_its_503_is_recorded_as_503_and_a_full_queue_times_out() {
+    let (pool, db) = fresh_database().await;
+    gateway::database::migrate(&pool).await.unwrap();
+    let health = DatabaseHealth::new();
+    health.spawn_probe(
+        pool.clone(),
+        ProbeSettings {
+            interval_up: Duration::from_millis(100),
+            interval_down: Duration::from_millis(50),
+            timeout: Duration::from_millis(500),
+        },
+    );
+    let committer = GroupCommitter::spawn(
+        pool.clone(),
+        CommitterSettings {
+            writers: 1,
+            max_group_events: 5000,
+            queue_requests: 100,
+            queue_bytes: 4096,
+        },
+        health.clone(),
+    );
+    // Another session holds the table: the writer's INSERT waits behind it.
+    let mut holder = sqlx::PgConnection::connect_with(&db.connect_options())
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE inbound_request IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let late = {
+        let committer = committer.clone();
+        tokio::spawn(async move {
+            committer
+                .commit(record("late"), Instant::now() + Duration::from_millis(300))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Needs the whole byte budget, while `late` holds some of it: it cannot join the queue.
+    let big = committer
+        .commit(
+            record(&"b".repeat(3000)),
+            Instant::now() + Duration::from_millis(150),
+        )
+        .await;
+    assert!(matches!(big, Err(CommitError::Timeout)), "{big:?}");
+    let late = late.await.unwrap();
+    assert!(matches!(late, Err(CommitError::Timeout)), "{late:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "the deadline holds: {:?}",
+        started.elapsed()
+    );
+
+    // The lock goes: the write that was waiting lands and is re-recorded as what its client
+    // got; the request that never joined the queue is recorded as its 503 too.
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows: Vec<(String, i16, Option<String>)> = sqlx::query_as(
+            "SELECT left(convert_from(body, 'UTF8'), 4), status, error_message FROM inbound_request ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        if rows.len() == 2 && rows.iter().all(|r| r.1 == 503) {
+            assert_eq!((rows[0].0.as_str(), rows[1].0.as_str()), ("late", "bbbb"));
+            let why = |i: usize| rows[i].2.as_deref().unwrap().to_string();
+            assert!(
+                why(0).starts_with("answered 503: the commit did not complete in time"),
+                "{rows:?}"
+            );
+            assert!(why(1).contains("the commit queue was full"), "{rows:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not reconciled: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Commits resume.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match committer
+            .commit(record("after"), Instant::now() + Duration::from_secs(2))
+            .await
+        {
+            Ok(Committed::AsSent) => break,
+            other => assert!(std::time::Instant::now() < deadline, "{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let statuses: Vec<i16> = sqlx::query_scalar("SELECT status FROM inbound_request ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    // The two refused above, then "after": a try that was itself answered 503 while the
+    // machine was slow is recorded as 503 too, and the one acknowledged is the last row.
+    assert_eq!(&statuses[..2], &[503, 503], "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&200), "{statuses:?}");
+    assert!(
+        statuses[2..statuses.len() - 1].iter().all(|s| *s == 503),
+        "{statuses:?}"
+    );
+}
