@@ -141,8 +141,90 @@ pub struct DeliverySettings {
     pub request_timeout_ms: u64,
     /// How often an idle dispatcher looks for due events, milliseconds.
     pub poll_interval_ms: u64,
-    /// Requests per second per (connection, endpoint path); `default` for the others.
+    /// Requests per second per (connection, endpoint path); `default` for the others. Shared
+    /// by every gateway process on the database. Paths match case-insensitively (a key written
+    /// `"/api/users/bulkupdate"` still holds); use [`DeliverySettings::rate_limit`]. A path that
+    /// names a user is keyed by its template (`"/api/users/{email}"`).
     pub rate_limits: BTreeMap<String, u32>,
+    /// Seconds between the probes of a paused connection (its partner refused the key).
+    #[serde(default = "default_pause_probe_secs")]
+    pub pause_probe_secs: u64,
+}
+
+fn default_pause_probe_secs() -> u64 {
+    60
+}
+
+/// What a lease must have left, beyond the request timeout, for a request to start on it.
+pub const LEASE_MARGIN_MS: u64 = 1000;
+
+impl DeliverySettings {
+    /// The configured requests per second for an endpoint path (0: unlimited), matched
+    /// case-insensitively, else `default`.
+    pub fn rate_limit(&self, path: &str) -> u32 {
+        let find = |key: &str| {
+            self.rate_limits
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| *v)
+        };
+        find(path).or_else(|| find("default")).unwrap_or(0)
+    }
+
+    /// Range checks; the message names the key and what it accepts.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.claim_batch < 1 {
+            return bad(format!(
+                "delivery.claim_batch is {}; it must be at least 1",
+                self.claim_batch
+            ));
+        }
+        if self.max_attempts < 1 {
+            return bad(format!(
+                "delivery.max_attempts is {}; it must be at least 1",
+                self.max_attempts
+            ));
+        }
+        if self.request_timeout_ms == 0 {
+            return bad("delivery.request_timeout_ms must be at least 1".into());
+        }
+        if self.poll_interval_ms == 0 {
+            return bad("delivery.poll_interval_ms must be at least 1".into());
+        }
+        if self.pause_probe_secs == 0 {
+            return bad("delivery.pause_probe_secs must be at least 1".into());
+        }
+        if self.retry_base_ms > self.retry_max_secs.saturating_mul(1000) {
+            return bad(format!(
+                "delivery.retry_base_ms ({}) exceeds delivery.retry_max_secs ({} s)",
+                self.retry_base_ms, self.retry_max_secs
+            ));
+        }
+        // A request starts only on a lease with its timeout and a margin left; renewals come
+        // every third of the lease, so two thirds of it must cover a request and the margin.
+        let needed_ms = (self.request_timeout_ms + LEASE_MARGIN_MS) * 3 / 2;
+        if self.lease_secs.saturating_mul(1000) < needed_ms {
+            return bad(format!(
+                "delivery.lease_secs is {}; with request_timeout_ms = {} it must be at least {} \
+                 (1.5 × (request timeout + {LEASE_MARGIN_MS} ms)), or requests could outlive their lease",
+                self.lease_secs,
+                self.request_timeout_ms,
+                needed_ms.div_ceil(1000)
+            ));
+        }
+        for path in self.rate_limits.keys() {
+            if path != "default" && !path.starts_with('/') {
+                return bad(format!(
+                    "delivery.rate_limits: {path:?} is neither \"default\" nor an endpoint path (\"/api/...\")"
+                ));
+            }
+        }
+        if !self.rate_limits.contains_key("default") {
+            return bad("delivery.rate_limits needs a \"default\" entry".into());
+        }
+        Ok(())
+    }
 }
 
 /// `dry-run` records what would be sent without a network call; `live` sends.
@@ -390,9 +472,7 @@ impl Settings {
         if self.ingest.writers == 0 {
             return bad("ingest.writers must be at least 1".into());
         }
-        if !self.delivery.rate_limits.contains_key("default") {
-            return bad("delivery.rate_limits needs a \"default\" entry".into());
-        }
+        self.delivery.check()?;
         Ok(self)
     }
 
@@ -479,6 +559,30 @@ mod tests {
         let e = Settings::load_environment(&PathBuf::from("/nonexistent"), "local").unwrap_err();
         assert!(e.to_string().contains("/nonexistent not found"), "{e}");
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn delivery_ranges_are_checked_with_the_key_named() {
+        type Change = fn(&mut DeliverySettings);
+        let cases: [(Change, &str); 6] = [
+            (|d| d.lease_secs = 0, "delivery.lease_secs is 0"),
+            (|d| d.max_attempts = 0, "delivery.max_attempts is 0"),
+            (|d| d.max_attempts = -3, "delivery.max_attempts is -3"),
+            (|d| d.claim_batch = 0, "delivery.claim_batch is 0"),
+            (|d| d.request_timeout_ms = 60_000, "it must be at least 92"),
+            (
+                |d| {
+                    d.rate_limits.insert("api/x".into(), 1);
+                },
+                "\"api/x\" is neither",
+            ),
+        ];
+        for (change, message) in cases {
+            let mut s = load_default();
+            change(&mut s.delivery);
+            let e = s.validate().unwrap_err().to_string();
+            assert!(e.contains(message), "{e}");
+        }
     }
 
     #[test]

@@ -92,10 +92,6 @@ fn describe() {
         "Inbound requests committed together in one transaction."
     );
     describe_counter!(
-        "gateway_events_total",
-        "Event state transitions made by the dispatcher, by state."
-    );
-    describe_counter!(
         "gateway_delivery_attempts_total",
         "Outbound requests, by connection, direction, endpoint and outcome."
     );
@@ -107,7 +103,8 @@ fn describe() {
         "gateway_delivery_rate_limited_total",
         "429 answers from the partner, by connection, direction and endpoint."
     );
-    describe_counter!(
+    // A gauge that only grows: the `metrics` crate's counters hold whole numbers (limiter.rs).
+    describe_gauge!(
         "gateway_rate_limit_wait_seconds_total",
         Unit::Seconds,
         "Seconds dispatchers waited for a rate-limit token, by connection, direction and endpoint."

@@ -40,6 +40,8 @@ pub enum EventState {
     Skipped,
     /// Every attempt failed.
     Dead,
+    /// Dry-run mode settled it: what would have been sent is in the attempt log, nothing was.
+    DryRun,
 }
 
 impl EventState {
@@ -51,6 +53,7 @@ impl EventState {
             EventState::Failed => "failed",
             EventState::Skipped => "skipped",
             EventState::Dead => "dead",
+            EventState::DryRun => "dry_run",
         }
     }
 }

@@ -24,6 +24,29 @@ pub struct BacklogRow {
     pub next_due_at: DateTime<Utc>,
 }
 
+/// A connection whose partner refuses its credentials (table `connection_pause`, written by
+/// every gateway process's dispatchers).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct PausedRow {
+    pub connection: String,
+    pub direction: String,
+    /// `unauthorized` (401) or `forbidden` (403).
+    pub reason: String,
+    /// The partner's answer, as the attempt log has it.
+    pub detail: Option<String>,
+    pub paused_at: DateTime<Utc>,
+}
+
+/// The paused connections, by connection and direction.
+pub async fn paused(pool: &PgPool) -> Result<Vec<PausedRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT connection, direction, reason, detail, paused_at FROM connection_pause
+         ORDER BY connection, direction",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// What waits for delivery, per connection and direction (view `audit_backlog`).
 pub async fn backlog(pool: &PgPool) -> Result<Vec<BacklogRow>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM audit_backlog ORDER BY connection, direction")

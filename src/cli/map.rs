@@ -5,8 +5,9 @@
 //! `{"action": null, "skipped"}`. Secrets print as `"<redacted>"`.
 
 use super::read_json_file;
+use crate::delivery::iterable::bulk::{self, BulkItem, Part};
 use crate::iterable::api::Hosts;
-use crate::mapping::{js, Action, ActionError, Destination, Mode, Outcome, PlannedRequest};
+use crate::mapping::{js, ActionError, Destination, Outcome, PlannedRequest};
 use crate::segment::event::SegmentEvent;
 use clap::Args;
 use serde_json::{json, Map, Value};
@@ -216,13 +217,14 @@ impl Mapper {
         })
     }
 
-    /// `--batch`: per-line results for lines that did not join a bulk request, then one line
-    /// per bulk request with the input lines (1-based) it carries.
+    /// `--batch`: the lines as one batch of the dispatcher, built by the dispatcher's own bulk
+    /// builder (`delivery::iterable::bulk`), so that what prints is what `serve` sends. First
+    /// the per-line results of parts that go one by one, and the refusals; then one line per
+    /// bulk request with the input lines (1-based) it carries.
     pub fn map_batch(&mut self, lines: &[String], now_ms: i64) -> Vec<Value> {
         let mut out = Vec::new();
-        // (settings, action, subscription index) → [(line number, event value, payload)]
-        type Group = Vec<(usize, Value, Map<String, Value>)>;
-        let mut groups: Vec<((String, Action, usize), Group)> = Vec::new();
+        // Per settings (in order of first appearance): the bulk items, keyed by line number.
+        let mut batches: Vec<(String, Vec<(usize, BulkItem)>)> = Vec::new();
         for (i, raw) in lines.iter().enumerate() {
             let n = i + 1;
             let parsed = match self.parse(raw) {
@@ -236,90 +238,68 @@ impl Mapper {
             let Ok((dest, has_key)) = &self.compiled[&parsed.settings_key] else {
                 continue;
             };
-            let event = &parsed.event;
-            if let Some(reason) = crate::mapping::filters::skip_reason(event.as_value()) {
-                out.push(json!({"line": n, "action": null, "skipped": reason}));
-                continue;
+            let plan = bulk::plan_event(dest, &parsed.event, now_ms);
+            for (action, error) in &plan.errors {
+                out.push(json!({"line": n, "action": action.name(), "error": error_json(error)}));
             }
-            let subs: Vec<(usize, &crate::mapping::Subscription)> = dest
-                .subscriptions
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.trigger.matches(event.as_value()))
-                .collect();
-            if subs.is_empty() {
-                for o in dest.plan(event, now_ms) {
-                    let mut v = render_outcome(&o, dest, &self.hosts, *has_key);
-                    v["line"] = json!(n);
-                    out.push(v);
-                }
-                continue;
-            }
-            for (index, sub) in subs {
-                if !sub.action.batches() {
-                    // updateCart and trackPurchase have no bulk form: sent one by one.
-                    let single = Destination {
-                        subscriptions: vec![sub.clone()],
-                        ..dest.clone()
-                    };
-                    for o in single.plan(event, now_ms) {
-                        let mut v = render_outcome(&o, dest, &self.hosts, *has_key);
-                        v["line"] = json!(n);
-                        out.push(v);
-                    }
-                    continue;
-                }
-                let inputs = if sub.pages {
-                    crate::mapping::page::derived_events(event, &dest.page)
-                } else {
-                    vec![event.as_value().clone()]
-                };
-                for input in inputs {
-                    match dest.prepare(sub, &input, Mode::Batch) {
-                        Ok(payload) => {
-                            let key = (parsed.settings_key.clone(), sub.action, index);
-                            match groups.iter_mut().find(|(k, _)| *k == key) {
-                                Some((_, g)) => g.push((n, input, payload)),
-                                None => groups.push((key, vec![(n, input, payload)])),
-                            }
+            let mut singles = Vec::new();
+            for part in plan.parts {
+                match part {
+                    Part::Single(r) => singles.push(r),
+                    Part::Bulk(item) => {
+                        match batches.iter_mut().find(|(k, _)| *k == parsed.settings_key) {
+                            Some((_, items)) => items.push((n, item)),
+                            None => batches.push((parsed.settings_key.clone(), vec![(n, item)])),
                         }
-                        Err(error) => out.push(json!({
-                            "line": n, "action": sub.action.name(), "error": error_json(&error)
-                        })),
                     }
                 }
+            }
+            if !singles.is_empty() {
+                out.push(json!({
+                    "line": n,
+                    "action": plan.action,
+                    "requests": render_requests(&singles, dest, &self.hosts, *has_key),
+                }));
+            } else if plan.errors.is_empty()
+                && !plan.skipped.is_empty()
+                && !plan_has_bulk(&batches, n)
+            {
+                out.push(json!({"line": n, "action": null, "skipped": plan.skipped.join("; ")}));
             }
         }
-        for ((settings_key, action, _), group) in groups {
+        for (settings_key, items) in batches {
             let Ok((dest, has_key)) = &self.compiled[&settings_key] else {
                 continue;
             };
-            // Iterable's bulk limit: at most 1,000 items per request (DESIGN §2).
-            for chunk in group.chunks(1000) {
-                let payloads: Vec<Map<String, Value>> =
-                    chunk.iter().map(|(_, _, p)| p.clone()).collect();
-                let events: Vec<&Value> = chunk.iter().map(|(_, e, _)| e).collect();
-                let (requests, errors) = dest.perform_batch(action, &payloads, &events, now_ms);
-                for (i, error) in &errors {
-                    out.push(json!({"line": chunk[*i].0, "action": action.name(), "error": error_json(error)}));
-                }
-                if !requests.is_empty() {
-                    let lines: Vec<usize> = chunk
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| !errors.iter().any(|(e, _)| e == i))
-                        .map(|(_, (n, _, _))| *n)
-                        .collect();
-                    out.push(json!({
-                        "action": action.name(),
-                        "lines": lines,
-                        "requests": render_requests(&requests, dest, &self.hosts, *has_key),
-                    }));
-                }
+            let keyed: Vec<(usize, &BulkItem, bool)> =
+                items.iter().map(|(n, item)| (*n, item, false)).collect();
+            let built = bulk::build(dest, &keyed, now_ms);
+            for (n, action, error) in &built.errors {
+                out.push(json!({"line": n, "action": action.name(), "error": error_json(error)}));
+            }
+            for b in built.requests {
+                let action = items
+                    .iter()
+                    .find(|(n, _)| b.members.first() == Some(n))
+                    .map(|(_, item)| item.action.name());
+                let mut lines = b.members.clone();
+                lines.dedup();
+                out.push(json!({
+                    "action": action,
+                    "lines": lines,
+                    "requests": render_requests(std::slice::from_ref(&b.request), dest, &self.hosts, *has_key),
+                }));
             }
         }
         out
     }
+}
+
+/// Whether line `n` has a bulk item (then its skips, of other subscriptions, do not print).
+fn plan_has_bulk(batches: &[(String, Vec<(usize, BulkItem)>)], n: usize) -> bool {
+    batches
+        .iter()
+        .any(|(_, items)| items.iter().any(|(m, _)| *m == n))
 }
 
 fn error_line(code: &str, message: String) -> Value {

@@ -29,39 +29,16 @@ impl Reply {
     }
 }
 
-/// A JSON POST: waits for the (connection, path) rate limiter, sends `body` with the
-/// credential header, and reads the whole answer.
-pub async fn post_json(
-    clients: &Clients,
-    connection: &str,
-    path: &str,
-    url: &str,
-    credential: Option<(&str, &str)>,
-    body: String,
-) -> Reply {
-    call(
-        clients,
-        reqwest::Method::POST,
-        connection,
-        path,
-        url,
-        credential,
-        Some(body),
-    )
-    .await
-}
-
-/// [`post_json`] for any method; `None`: no body (Iterable's `DELETE` user deletions).
+/// One request: `method` to `url` with the credential header and, when there is one, a JSON
+/// `body` (`None`: no body and no `Content-Type`, as Iterable's `DELETE` user deletions);
+/// reads the whole answer (the engine has taken the rate limit's token).
 pub async fn call(
     clients: &Clients,
     method: reqwest::Method,
-    connection: &str,
-    path: &str,
     url: &str,
     credential: Option<(&str, &str)>,
     body: Option<String>,
 ) -> Reply {
-    clients.limiters.wait(connection, path).await;
     let mut builder = clients.http.request(method, url);
     if let Some(body) = body {
         builder = builder.header(CONTENT_TYPE, JSON).body(body);
@@ -110,8 +87,6 @@ pub async fn call(
             }
         }
     };
-    metrics::histogram!("gateway_delivery_request_seconds", "endpoint" => path.to_string())
-        .record(reply.duration.as_secs_f64());
     reply
 }
 

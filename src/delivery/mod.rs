@@ -1,15 +1,24 @@
 //! Delivery: the dispatcher that takes events from the outbox (the `event` table), sends them to
 //! the partner and records every attempt (DESIGN §2 "Delivery", §4).
 //!
-//! * [`store`]: claim with a lease, settle, record attempts (SQL).
-//! * [`retry`]: which answers are retried and when (pure).
-//! * [`limiter`]: requests per second per (connection, endpoint).
-//! * [`iterable`]: Segment → Iterable: plan, group into bulk requests, send, read the answers.
-//! * [`worker`]: the loop that runs it all, and `drain` for tests.
+//! * [`worker`]: one dispatcher loop per (connection, direction), so that one connection's
+//!   trouble never slows another; pauses and probes; `drain` for tests.
+//! * [`engine`]: claim → plan → send under the lease and the rate limit → read each answer
+//!   item by item → record → settle, once for both partners.
+//! * [`iterable`], [`segment`]: what is particular to each partner (the engine's `Partner`);
+//!   [`iterable::bulk`] is the bulk builder `gateway map --batch` prints with.
+//! * [`answer`]: what an answer means for each event; [`retry`]: which answers are retried and
+//!   when (pure).
+//! * [`limiter`]: requests per second per (connection, endpoint), shared through PostgreSQL.
+//! * [`lease`]: a batch's lease and its renewals; [`store`]: the SQL.
 
+mod answer;
+pub mod engine;
 pub mod http;
 pub mod iterable;
+mod lease;
 pub mod limiter;
+mod once;
 pub mod retry;
 pub mod segment;
 pub mod store;
@@ -18,7 +27,6 @@ pub mod worker;
 use crate::configuration::{DeliverySettings, Settings};
 use crate::mapping::Destination;
 use limiter::Limiters;
-use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +55,9 @@ pub struct Clients {
     pub(crate) limiters: Arc<Limiters>,
     destinations: Arc<Mutex<HashMap<String, Compiled>>>,
     pub(crate) jitter: Jitter,
+    /// Whether batches renew their leases (tests turn it off to play a dispatcher whose
+    /// renewals fail).
+    pub(crate) renew_leases: bool,
 }
 
 impl std::fmt::Debug for Clients {
@@ -69,15 +80,22 @@ impl Clients {
             .build()?;
         Ok(Clients {
             http,
-            limiters: Arc::new(Limiters::new(&settings.rate_limits)),
+            limiters: Arc::new(Limiters::new(settings)),
             destinations: Arc::default(),
             jitter: Arc::new(rand::random::<f64>),
+            renew_leases: true,
         })
     }
 
     /// Replaces the jitter source (tests pass `|| 0.5`: no jitter).
     pub fn with_jitter(mut self, jitter: impl Fn() -> f64 + Send + Sync + 'static) -> Clients {
         self.jitter = Arc::new(jitter);
+        self
+    }
+
+    /// Plays a dispatcher whose lease renewals all fail (for tests of lease safety).
+    pub fn without_lease_renewals(mut self) -> Clients {
+        self.renew_leases = false;
         self
     }
 
@@ -94,23 +112,5 @@ impl Clients {
                 })
             })
             .clone()
-    }
-}
-
-/// Renews the lease of `held` every third of it, until dropped.
-pub(crate) async fn keep_leases(
-    pool: &PgPool,
-    owner: &str,
-    held: &[(i64, chrono::DateTime<chrono::Utc>)],
-    lease: Duration,
-) -> std::convert::Infallible {
-    let every = (lease / 3).max(Duration::from_millis(100));
-    loop {
-        tokio::time::sleep(every).await;
-        if let Err(e) = store::extend_lease(pool, owner, held, lease).await {
-            // The next renewal may work; if none does, the lease runs out and another
-            // dispatcher resends, which Iterable's ids make harmless for events.
-            tracing::warn!(owner, error = %e, "Could not renew a lease.");
-        }
     }
 }

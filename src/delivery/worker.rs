@@ -1,37 +1,67 @@
-//! The dispatcher loop: claim due events, process them, claim again; sleep `poll_interval_ms`
-//! when nothing is due. `delivery.workers` loops run side by side, each with its own owner id,
-//! and so may several gateway processes on one database: the claim's `SKIP LOCKED` and lease
-//! keep them from sending the same event twice.
+//! The dispatcher loops. Each (connection, direction) has `delivery.workers` loops of its own,
+//! so that a connection whose partner is down, slow, rate-limited or refusing its key delays
+//! only its own events. Each loop claims that connection's due events, has the engine process
+//! them, and claims again: at once when it got work and a token, after the next token when the
+//! rate limit held requests back, after `poll_interval_ms` when nothing was due. Several
+//! gateway processes may run on one database: the claim's `SKIP LOCKED` and lease keep them
+//! from sending the same event twice, and the rate limits are shared through the database.
+//!
+//! A connection whose partner refuses its credentials is paused (`connection_pause`): its
+//! events stay pending, and one loop probes it with one request every `pause_probe_secs` (and
+//! at start-up, so that a restart with a new key resumes at once).
 
-use super::store::{self, Claimed};
-use super::{iterable, segment, Clients, DeliveryError};
+use super::engine::{self, Ctx, Report};
+use super::iterable::Iterable;
+use super::lease::Lease;
+use super::limiter::record_wait;
+use super::segment::Segment;
+use super::store::{self, ClaimScope, PauseState};
+use super::{Clients, DeliveryError};
 use crate::audit::Direction;
-use crate::configuration::Settings;
+use crate::configuration::{DeliveryMode, Settings};
 use sqlx::PgPool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Runs `settings.delivery.workers` dispatchers per direction (Segment → Iterable and
-/// Iterable → Segment) until `cancel` is cancelled; returns once each has finished the batch
-/// it was working on.
+const DIRECTIONS: [Direction; 2] = [Direction::SegmentToIterable, Direction::IterableToSegment];
+
+/// The longest a loop of a paused connection sleeps before looking at the pause again.
+const PAUSED_NAP: Duration = Duration::from_secs(5);
+
+/// Runs `settings.delivery.workers` dispatchers per (connection, direction) until `cancel` is
+/// cancelled; returns once each has finished the batch it was working on.
 pub async fn run(
     pool: PgPool,
     settings: Arc<Settings>,
     clients: Clients,
     cancel: CancellationToken,
 ) {
+    if settings.delivery.workers == 0 {
+        return;
+    }
+    let process = new_owner("process");
     let mut workers = tokio::task::JoinSet::new();
-    for direction in [Direction::SegmentToIterable, Direction::IterableToSegment] {
-        for _ in 0..settings.delivery.workers {
-            let (pool, settings, clients, cancel) = (
-                pool.clone(),
-                settings.clone(),
-                clients.clone(),
-                cancel.clone(),
-            );
-            workers
-                .spawn(async move { work(&pool, &settings, &clients, &cancel, direction).await });
+    workers.spawn(announce_mode(
+        pool.clone(),
+        settings.clone(),
+        process.clone(),
+        cancel.clone(),
+    ));
+    for c in &settings.connections {
+        for direction in DIRECTIONS {
+            for _ in 0..settings.delivery.workers {
+                let (pool, settings, clients, cancel) = (
+                    pool.clone(),
+                    settings.clone(),
+                    clients.clone(),
+                    cancel.clone(),
+                );
+                let connection = c.name.clone();
+                workers.spawn(async move {
+                    work(&pool, &settings, &clients, &cancel, &connection, direction).await
+                });
+            }
         }
     }
     while let Some(ended) = workers.join_next().await {
@@ -39,52 +69,113 @@ pub async fn run(
             tracing::error!(error = %e, "A dispatcher task panicked.");
         }
     }
+    if let Err(e) = store::unregister_mode(&pool, &process).await {
+        tracing::warn!(error = %e, "Could not remove this process's dispatcher registrations.");
+    }
 }
 
-/// One dispatcher.
+/// Keeps this process's mode on record for each connection (a dry-run process does not claim
+/// a connection that a live one delivers).
+async fn announce_mode(
+    pool: PgPool,
+    settings: Arc<Settings>,
+    owner: String,
+    cancel: CancellationToken,
+) {
+    let names: Vec<String> = settings
+        .connections
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    let ttl = Duration::from_secs(settings.delivery.lease_secs);
+    loop {
+        if let Err(e) = store::register_mode(&pool, &owner, &names, mode(&settings), ttl).await {
+            tracing::warn!(error = %e, "Could not record this process's delivery mode.");
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(ttl / 3) => {}
+        }
+    }
+}
+
+fn mode(settings: &Settings) -> &'static str {
+    match settings.delivery.mode {
+        DeliveryMode::Live => "live",
+        DeliveryMode::DryRun => "dry-run",
+    }
+}
+
+/// One dispatcher of one connection and direction.
 async fn work(
     pool: &PgPool,
     settings: &Settings,
     clients: &Clients,
     cancel: &CancellationToken,
+    connection: &str,
     direction: Direction,
 ) {
-    let owner = new_owner();
-    tracing::info!(%owner, direction = direction.as_str(), "Dispatcher started.");
+    let owner = new_owner("dispatcher");
+    tracing::info!(%owner, connection, direction = direction.as_str(), "Dispatcher started.");
     let poll = Duration::from_millis(settings.delivery.poll_interval_ms);
+    let mut starting = true;
     while !cancel.is_cancelled() {
-        let idle = match step(pool, settings, clients, &owner, direction).await {
-            Ok(claimed) => claimed == 0,
+        let nap = match step(
+            pool, settings, clients, &owner, connection, direction, starting,
+        )
+        .await
+        {
+            Ok(s) => {
+                starting = false;
+                s.nap(poll)
+            }
             Err(e) => {
                 // The database may be restarting: wait, and try again.
-                tracing::error!(%owner, error = %e, "Dispatching failed; retrying after the poll interval.");
-                true
+                tracing::error!(%owner, connection, error = %e, "Dispatching failed; retrying after the poll interval.");
+                Some(poll)
             }
         };
-        if idle {
+        if let Some(nap) = nap {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(poll) => {}
+                _ = tokio::time::sleep(nap) => {}
             }
         }
     }
-    tracing::info!(%owner, "Dispatcher stopped.");
+    tracing::info!(%owner, connection, "Dispatcher stopped.");
 }
 
-/// Processes due events of both directions until none is due right now (events rescheduled
-/// into the future stay); returns how many events it claimed. For tests and subcommands.
+/// Processes due events of every configured connection, both directions, until none is due
+/// right now (events rescheduled into the future, and paused connections, stay); waits for
+/// the rate limits as a dispatcher would, and probes a paused connection at once as a fresh
+/// dispatcher does. Returns how many events it claimed. For tests and subcommands.
 pub async fn drain(
     pool: &PgPool,
     settings: &Settings,
     clients: &Clients,
 ) -> Result<usize, DeliveryError> {
-    let owner = new_owner();
+    let owner = new_owner("dispatcher");
     let mut total = 0;
+    let mut starting = true;
     loop {
         let mut round = 0;
-        for direction in [Direction::SegmentToIterable, Direction::IterableToSegment] {
-            round += step(pool, settings, clients, &owner, direction).await?;
+        for c in &settings.connections {
+            for direction in DIRECTIONS {
+                let mut first = starting;
+                loop {
+                    let s =
+                        step(pool, settings, clients, &owner, &c.name, direction, first).await?;
+                    first = false;
+                    round += s.claimed;
+                    if let Some((wait, _)) = s.limited {
+                        tokio::time::sleep(wait).await;
+                    } else if s.claimed == 0 {
+                        break;
+                    }
+                }
+            }
         }
+        starting = false;
         if round == 0 {
             return Ok(total);
         }
@@ -92,38 +183,150 @@ pub async fn drain(
     }
 }
 
-/// One claim and its processing; returns how many events were claimed.
+/// What one step came to.
+#[derive(Debug, Default)]
+struct Stepped {
+    claimed: usize,
+    limited: Option<(Duration, &'static str)>,
+    /// Paused: the next look is due in this long.
+    paused: Option<Duration>,
+}
+
+impl Stepped {
+    /// How long the loop sleeps before the next step (`None`: not at all).
+    fn nap(&self, poll: Duration) -> Option<Duration> {
+        if let Some(wait) = self.paused {
+            return Some(wait.clamp(poll, PAUSED_NAP));
+        }
+        if let Some((wait, _)) = self.limited {
+            return Some(wait);
+        }
+        (self.claimed == 0).then_some(poll)
+    }
+}
+
+/// One claim of one connection and direction, and its processing. `starting`: the first step
+/// of a dispatcher, which probes a paused connection at once.
 async fn step(
     pool: &PgPool,
     settings: &Settings,
     clients: &Clients,
     owner: &str,
+    connection: &str,
     direction: Direction,
-) -> Result<usize, DeliveryError> {
+    starting: bool,
+) -> Result<Stepped, DeliveryError> {
     let d = &settings.delivery;
-    let claimed: Vec<Claimed> = store::claim(
-        pool,
+    let lease = Duration::from_secs(d.lease_secs);
+    let probe_every = Duration::from_secs(d.pause_probe_secs);
+    let mut scope = ClaimScope {
         direction,
-        owner,
-        d.claim_batch,
-        Duration::from_secs(d.lease_secs),
-    )
-    .await?;
-    let n = claimed.len();
-    if n > 0 {
-        match direction {
-            Direction::SegmentToIterable => {
-                iterable::process(pool, settings, clients, owner, claimed).await?
+        connection,
+        probe: false,
+        dry_run: d.mode == DeliveryMode::DryRun,
+    };
+    let mut taken = Instant::now();
+    let mut claimed = if starting {
+        Vec::new()
+    } else {
+        store::claim(pool, scope, owner, d.claim_batch, lease).await?
+    };
+    if claimed.is_empty() {
+        // Nothing claimable: maybe because the connection is paused.
+        match store::pause_state(pool, connection, direction, probe_every, starting).await? {
+            PauseState::Running if starting => {
+                taken = Instant::now();
+                claimed = store::claim(pool, scope, owner, d.claim_batch, lease).await?;
             }
-            Direction::IterableToSegment => {
-                segment::process(pool, settings, clients, owner, claimed).await?
+            PauseState::Running => {}
+            PauseState::Paused(wait, reason) => {
+                paused_gauge(connection, direction, &reason, 1.0);
+                return Ok(Stepped {
+                    paused: Some(wait),
+                    ..Stepped::default()
+                });
+            }
+            PauseState::Probe(reason) => {
+                paused_gauge(connection, direction, &reason, 1.0);
+                scope.probe = true;
+                taken = Instant::now();
+                claimed = store::claim(pool, scope, owner, 1, lease).await?;
+                if claimed.is_empty() {
+                    return Ok(Stepped {
+                        paused: Some(probe_every),
+                        ..Stepped::default()
+                    });
+                }
+                tracing::info!(
+                    connection,
+                    direction = direction.as_str(),
+                    "Probing a paused connection with one request."
+                );
             }
         }
     }
-    Ok(n)
+    if claimed.is_empty() {
+        return Ok(Stepped::default());
+    }
+    let lease = Lease::new(taken, lease);
+    let ctx = Ctx {
+        pool,
+        settings,
+        clients,
+        owner,
+    };
+    let report: Report = match direction {
+        Direction::SegmentToIterable => {
+            let destination = clients.destination(settings, connection);
+            let partner = Iterable::new(settings, destination, connection);
+            engine::process(&ctx, &partner, claimed, &lease).await?
+        }
+        Direction::IterableToSegment => {
+            let partner = Segment::new(settings, connection);
+            engine::process(&ctx, &partner, claimed, &lease).await?
+        }
+    };
+    if let Some((reason, detail)) = &report.refused {
+        let fresh = store::pause(pool, connection, direction, reason, detail, probe_every).await?;
+        paused_gauge(connection, direction, reason, 1.0);
+        if fresh {
+            tracing::warn!(
+                connection,
+                direction = direction.as_str(),
+                reason,
+                %detail,
+                probe_secs = d.pause_probe_secs,
+                "Connection paused: the partner refused its credentials. Its events stay pending; a probe every pause_probe_secs (and a restart) resumes delivery once the key works."
+            );
+        }
+    } else if scope.probe && report.accepted_credentials {
+        if let Some(reason) = store::resume(pool, connection, direction).await? {
+            paused_gauge(connection, direction, &reason, 0.0);
+            tracing::info!(
+                connection,
+                direction = direction.as_str(),
+                "Connection resumed: the partner accepted its credentials again."
+            );
+        }
+    }
+    if let Some((wait, endpoint)) = report.limited {
+        record_wait(connection, direction, endpoint, wait);
+    }
+    Ok(Stepped {
+        claimed: report.claimed,
+        limited: report.limited,
+        paused: None,
+    })
+}
+
+fn paused_gauge(connection: &str, direction: Direction, reason: &str, value: f64) {
+    metrics::gauge!("gateway_connection_paused",
+        "connection" => connection.to_string(), "direction" => direction.as_str(),
+        "reason" => reason.to_string())
+    .set(value);
 }
 
 /// A lease owner id: unique per dispatcher, and readable in `event.lease_owner`.
-fn new_owner() -> String {
-    format!("dispatcher-{}", uuid::Uuid::new_v4())
+fn new_owner(what: &str) -> String {
+    format!("{what}-{}", uuid::Uuid::new_v4())
 }

@@ -170,7 +170,7 @@ async fn dashboard(
         day_since,
         backlog: queries::backlog(pool).await?,
         failures: queries::failures(pool, now - chrono::Duration::hours(24), None).await?,
-        paused: paused_connections(),
+        paused: paused_connections(pool).await?,
         search,
     })
 }
@@ -195,50 +195,19 @@ async fn search(pool: &PgPool, q: &str) -> Result<Search, sqlx::Error> {
     })
 }
 
-/// The connections this process's dispatcher reports paused (`gateway_connection_paused` = 1),
-/// read from the metrics recorder, so the page needs no table of its own for them.
-fn paused_connections() -> Vec<Paused> {
-    let text = crate::telemetry::metrics_handle().render();
-    paused_from_metrics(&text)
-}
-
-/// `gateway_connection_paused{connection="a",direction="d",reason="r"} 1` lines.
-pub fn paused_from_metrics(text: &str) -> Vec<Paused> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("gateway_connection_paused{"))
-        .filter_map(|l| {
-            let (labels, value) = l.rsplit_once("} ")?;
-            if value.trim().parse::<f64>().ok()? < 0.5 {
-                return None;
-            }
-            let label = |name: &str| {
-                let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
-                let end = labels[start..].find('"')? + start;
-                Some(labels[start..end].replace("\\\"", "\""))
-            };
-            Some(Paused {
-                connection: label("connection")?,
-                direction: label("direction").unwrap_or_default(),
-                reason: label("reason").unwrap_or_default(),
-            })
+/// The paused connections of every gateway process on the database (`connection_pause`),
+/// with the partner's answer after the reason.
+async fn paused_connections(pool: &PgPool) -> Result<Vec<Paused>, sqlx::Error> {
+    Ok(queries::paused(pool)
+        .await?
+        .into_iter()
+        .map(|p| Paused {
+            connection: p.connection,
+            direction: p.direction,
+            reason: match p.detail {
+                Some(detail) if !detail.is_empty() => format!("{}: {detail}", p.reason),
+                _ => p.reason,
+            },
         })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paused_connections_are_read_from_the_gauge() {
-        let text = "# TYPE gateway_connection_paused gauge\n\
-            gateway_connection_paused{connection=\"blog\",direction=\"segment_to_iterable\",reason=\"invalid api key\"} 1\n\
-            gateway_connection_paused{connection=\"shop\",direction=\"segment_to_iterable\",reason=\"\"} 0\n";
-        let p = paused_from_metrics(text);
-        assert_eq!(p.len(), 1);
-        assert_eq!(
-            (p[0].connection.as_str(), p[0].reason.as_str()),
-            ("blog", "invalid api key")
-        );
-    }
+        .collect())
 }

@@ -5,6 +5,7 @@
 
 mod bulk;
 mod endpoints;
+mod engine;
 mod ordering;
 mod retries;
 
@@ -98,8 +99,14 @@ impl Harness {
         }
     }
 
-    /// Writes Segment events to the outbox as ingest does (user key: userId, else anonymousId).
+    /// Writes Segment events to the outbox of `shop` as ingest does (user key: userId, else
+    /// anonymousId).
     pub async fn insert(&self, events: &[Value]) {
+        self.insert_into("shop", events).await
+    }
+
+    /// [`insert`](Self::insert) for any connection.
+    pub async fn insert_into(&self, connection: &str, events: &[Value]) {
         let events = events
             .iter()
             .map(|e| NewEvent {
@@ -117,7 +124,7 @@ impl Harness {
             .collect();
         let record = InboundRecord {
             route: "/v1/batch".into(),
-            connection: Some("shop".into()),
+            connection: Some(connection.into()),
             direction: Direction::SegmentToIterable,
             status: 200,
             error_code: None,

@@ -1,5 +1,6 @@
 //! Shared test helpers: building a destination for one action and running Segment's pipeline.
 
+use gateway::delivery::iterable::bulk::{self, BulkItem};
 use gateway::iterable::api::Hosts;
 use gateway::mapping::{Action, ActionError, Destination, Mode, PlannedRequest};
 use serde_json::{json, Map, Value};
@@ -32,34 +33,39 @@ pub fn request_json(r: &PlannedRequest, d: &Destination) -> Value {
     })
 }
 
-/// Runs `performBatch` the way actions-core does: each event validated in batch mode, the
-/// refused ones reported by index, the rest sent together.
+/// Runs a batch through the dispatcher's bulk builder (`delivery::iterable::bulk`, which
+/// `gateway map --batch` prints with): each event validated in batch mode, the refused ones
+/// reported by index, the rest sent together, as actions-core's `performBatch` does.
 pub fn run_batch(
     d: &Destination,
     events: &[Value],
     now_ms: i64,
 ) -> (Vec<PlannedRequest>, Vec<(usize, ActionError)>) {
     let sub = &d.subscriptions[0];
-    let mut payloads = Vec::new();
-    let mut kept = Vec::new();
+    let mut items = Vec::new();
     let mut errors = Vec::new();
     for (i, e) in events.iter().enumerate() {
         match d.prepare(sub, e, Mode::Batch) {
-            Ok(p) => {
-                payloads.push(p);
-                kept.push(i);
-            }
+            Ok(payload) => items.push((
+                i,
+                BulkItem {
+                    action: sub.action,
+                    subscription: 0,
+                    payload,
+                    event: e.clone(),
+                },
+            )),
             Err(err) => errors.push((i, err)),
         }
     }
-    if payloads.is_empty() {
-        return (vec![], errors);
-    }
-    let refs: Vec<&Value> = kept.iter().map(|i| &events[*i]).collect();
-    let (requests, batch_errors) = d.perform_batch(sub.action, &payloads, &refs, now_ms);
-    errors.extend(batch_errors.into_iter().map(|(i, e)| (kept[i], e)));
+    let keyed: Vec<(usize, &BulkItem, bool)> = items.iter().map(|(i, b)| (*i, b, false)).collect();
+    let built = bulk::build(d, &keyed, now_ms);
+    errors.extend(built.errors.into_iter().map(|(i, _, e)| (i, e)));
     errors.sort_by_key(|(i, _)| *i);
-    (requests, errors)
+    (
+        built.requests.into_iter().map(|b| b.request).collect(),
+        errors,
+    )
 }
 
 /// Removes what DESIGN §2 difference 1 removes from Segment's trackEvent bodies.

@@ -127,7 +127,10 @@ async fn a_400_is_permanent_and_fails_only_the_event_segment_refuses() {
     let s = states(&app).await;
     assert_eq!(s[0].0, "failed");
     assert!(
-        s[0].1.as_deref().unwrap().contains("Segment answered 400"),
+        s[0].1
+            .as_deref()
+            .unwrap()
+            .contains("HTTP 400 from /v1/batch"),
         "{s:?}"
     );
     assert_eq!(s[1].0, "delivered");
@@ -168,7 +171,7 @@ async fn an_eu_connection_sends_to_the_eu_host_and_dry_run_sends_nothing() {
     dry.drain_until_settled().await;
     assert_eq!(
         states(&dry).await[0],
-        ("delivered".into(), Some("dry-run: not sent".into()))
+        ("dry_run".into(), Some("dry-run: not sent".into()))
     );
     let (outcome, dry_run): (String, bool) =
         sqlx::query_as("SELECT outcome, dry_run FROM delivery_attempt")

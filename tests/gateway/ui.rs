@@ -25,12 +25,14 @@ async fn app_with_traffic() -> TestApp {
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"successCount": 2})))
         .mount(&app.iterable)
         .await;
+    // `ui-bad-1` has no event name: the mapping refuses it before sending (a track without
+    // email or userId is sent, as Segment's performBatch sends it).
     let batch = json!({"batch": [
         {"type": "track", "messageId": "ui-ok-1", "userId": "ann", "event": "Signed Up",
          "context": {"traits": {"email": "ann@example.com"}}},
         {"type": "track", "messageId": "ui-hostile-1", "userId": HOSTILE_USER, "event": HOSTILE_EVENT,
          "properties": {"note": HOSTILE_EVENT}},
-        {"type": "track", "messageId": "ui-bad-1", "anonymousId": "anon-1", "event": "No user"}
+        {"type": "track", "messageId": "ui-bad-1", "anonymousId": "anon-1"}
     ]});
     assert_eq!(app.post_v1("batch", &batch).await.status(), 200);
     app.drain_until_settled().await;
@@ -243,17 +245,19 @@ async fn in_a_real_browser_the_page_loads_searches_and_runs_no_script_from_an_ev
     }
 }
 
-/// A connection the dispatcher pauses (it sets `gateway_connection_paused`) shows on the page and
-/// in /metrics with its HELP line.
+/// A connection paused by any gateway process on the database (a row of `connection_pause`, as
+/// the dispatchers write it) shows on the page, escaped, with the partner's answer; the
+/// dispatcher's gauge has its HELP line in /metrics.
 #[tokio::test]
 async fn a_paused_connection_shows_on_the_page_and_in_the_metrics() {
     let app = app_with_traffic().await;
-    let labels = [
-        ("connection", "paused-shop"),
-        ("direction", "segment_to_iterable"),
-        ("reason", "<b>invalid api key</b>"),
-    ];
-    metrics::gauge!("gateway_connection_paused", &labels).set(1.0);
+    sqlx::query(
+        "INSERT INTO connection_pause (connection, direction, reason, detail, probe_at)
+         VALUES ('paused-shop', 'segment_to_iterable', 'unauthorized', '<b>invalid api key</b>', now())",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
 
     let body = search(&app, "").await;
     let paused = body.split("<section id=\"paused\">").nth(1).unwrap();
@@ -263,10 +267,16 @@ async fn a_paused_connection_shows_on_the_page_and_in_the_metrics() {
         "{paused}"
     );
     assert!(
-        paused.contains("&lt;b&gt;invalid api key&lt;/b&gt;"),
+        paused.contains("unauthorized: &lt;b&gt;invalid api key&lt;/b&gt;"),
         "escaped: {paused}"
     );
 
+    let labels = [
+        ("connection", "paused-shop"),
+        ("direction", "segment_to_iterable"),
+        ("reason", "unauthorized"),
+    ];
+    metrics::gauge!("gateway_connection_paused", &labels).set(1.0);
     let metrics = get(&app, "/metrics")
         .send()
         .await
@@ -282,8 +292,13 @@ async fn a_paused_connection_shows_on_the_page_and_in_the_metrics() {
         metrics.contains("# TYPE gateway_connection_paused gauge"),
         "{metrics}"
     );
-
     metrics::gauge!("gateway_connection_paused", &labels).set(0.0);
+
+    // Resumed: the dispatcher deletes the row.
+    sqlx::query("DELETE FROM connection_pause WHERE connection = 'paused-shop'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
     let body = search(&app, "").await;
     assert!(!body.contains("paused-shop"), "resumed: no longer listed");
 }

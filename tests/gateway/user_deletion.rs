@@ -731,15 +731,14 @@ fn the_default_configuration_holds_iterables_deletion_rate_limits_and_camel_case
         "/config"
     )))
     .unwrap();
-    let limits = gateway::delivery::limiter::Limiters::new(&s.delivery.rate_limits);
+    let limits = gateway::delivery::limiter::Limiters::new(&s.delivery);
     use gateway::iterable::api::Endpoint::*;
     let rates: Vec<u32> = [UsersForget, UsersUnforget, UsersDelete, UsersDeleteByUserId]
         .iter()
         .map(|e| limits.rate(e.path()))
         .collect();
-    eprintln!("{:?}", s.delivery.rate_limits);
     assert_eq!(rates, [3, 3, 100, 100]);
-    // The configuration loader lower-cases the keys; the camel-cased paths still find theirs.
+    // Paths match their keys case-insensitively.
     assert_eq!(limits.rate("/api/users/bulkUpdate"), 5);
     assert_eq!(limits.rate("/api/events/trackBulk"), 10);
 }

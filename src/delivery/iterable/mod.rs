@@ -1,197 +1,259 @@
-//! Segment → Iterable: the work for a set of claimed events.
-//!
-//! Each event is planned through its connection's mapping (`plan`). An event's requests go out
-//! in rounds: round `n` sends the `n`th request of every event still going, grouped into bulk
-//! requests where Iterable has a bulk endpoint (`requests`), so an event whose plan has several
-//! requests (updateUser + updateEmail) sends the second only after the first succeeded, and is
-//! delivered only when all are. Each answer (`answer`) decides, per event, whether it goes on
-//! or stops in a state; every attempt is recorded. The states are written in one statement at
-//! the end.
+//! Segment → Iterable, as a [`Partner`] of the engine: each event through its connection's
+//! mapping ([`bulk::plan_event`]), the bulk-capable parts of a round grouped into bulk requests
+//! ([`bulk::build`], shared with `gateway map --batch`), the rest one request each, with the
+//! connection's `Api-Key`; a 2xx bulk answer's refused items read back from its lists
+//! ([`answer`]).
 
 mod answer;
-mod once;
-mod plan;
-mod requests;
-mod send;
+pub mod bulk;
 
-pub use requests::{MAX_BULK_BYTES, MAX_BULK_ITEMS};
+pub use bulk::{MAX_BULK_BYTES, MAX_BULK_ITEMS};
 
-use super::retry::RetryPolicy;
-use super::store::{self, Attempt, AttemptOutcome, Claimed, Next, Settle};
-use super::{Clients, DeliveryError};
-use crate::audit::Direction;
-use crate::configuration::{DeliveryMode, Settings};
-use answer::{Step, Verdicts};
-use futures_util::{stream, StreamExt, TryStreamExt};
-use plan::{Job, Planned};
-use requests::Request;
-use sqlx::PgPool;
-use std::collections::HashMap;
-use std::time::Duration;
+use super::engine::{Job, Member, Partner, Planned, Request, Round};
+use super::store::{Claimed, Next, Settle};
+use super::Compiled;
+use crate::audit::{redact, Direction};
+use crate::configuration::{secret, Settings};
+use crate::iterable::api::{DataCenter, Endpoint, API_KEY_HEADER};
+use crate::mapping::{js, Destination, OnceKey};
+use crate::segment::event::SegmentEvent;
+use bulk::Part;
+use reqwest::header::CONTENT_TYPE;
+use serde_json::Value;
 
-/// Requests of one round in flight at once (the limiters still apply).
-const CONCURRENT_REQUESTS: usize = 16;
-
-/// What dry-run mode writes as the reason of the events it "delivers".
-pub const DRY_RUN_REASON: &str = "dry-run: not sent";
-
-/// Plans, sends and settles `claimed` (all leased by `owner`).
-pub async fn process(
-    pool: &PgPool,
-    settings: &Settings,
-    clients: &Clients,
-    owner: &str,
-    claimed: Vec<Claimed>,
-) -> Result<(), DeliveryError> {
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    let held: Vec<_> = claimed.iter().map(|e| (e.id, e.received_at)).collect();
-    let mut conns = HashMap::new();
-    let (mut jobs, mut settles) = (Vec::new(), Vec::new());
-    for event in claimed {
-        match plan::plan(settings, clients, &mut conns, event, now_ms) {
-            Planned::Send(job) => jobs.push(job),
-            Planned::Done(settle) => settles.push(settle),
-        }
-    }
-    let dry_run = settings.delivery.mode == DeliveryMode::DryRun;
-    // Token registrations already sent within their window are left out (issue 11); a dry
-    // run is never deduplicated against live delivery.
-    if !dry_run {
-        once::skip_repeats(pool, settings, clients, &mut jobs).await?;
-    }
-    let policy = RetryPolicy::from_settings(&settings.delivery);
-    let lease = Duration::from_secs(settings.delivery.lease_secs);
-    // Rate limits and slow answers can make a batch outlast its lease: renew it meanwhile.
-    let stopped = tokio::select! {
-        stopped = rounds(pool, clients, &jobs, &policy, dry_run) => stopped?,
-        never = super::keep_leases(pool, owner, &held, lease) => match never {},
-    };
-    if !dry_run {
-        once::remember(pool, settings, clients, &jobs, &stopped).await?;
-    }
-
-    for (job, stop) in jobs.into_iter().zip(stopped) {
-        let (next, reason) = match stop {
-            Some((next, why)) => (next, Some(why)),
-            None if !job.errors.is_empty() => (
-                Next::Failed,
-                Some(format!(
-                    "{} (its other requests went through)",
-                    job.errors.join("; ")
-                )),
-            ),
-            None if dry_run => (Next::Delivered, Some(DRY_RUN_REASON.to_string())),
-            // Every request was a repeat within its window: nothing was sent.
-            None if job.steps.is_empty() => (Next::Skipped, Some(job.notes.join("; "))),
-            None if !job.notes.is_empty() => (Next::Delivered, Some(job.notes.join("; "))),
-            None => (Next::Delivered, None),
-        };
-        settles.push(Settle::of(&job.event, next, reason, job.action));
-    }
-    let applied = store::settle(pool, owner, &settles).await?;
-    if applied < settles.len() as u64 {
-        tracing::warn!(
-            owner,
-            lost = settles.len() as u64 - applied,
-            "Some events were claimed by another dispatcher after this one's lease ran out; their outcome is that dispatcher's."
-        );
-    }
-    for s in &settles {
-        metrics::counter!("gateway_events_total", "state" => s.next.state()).increment(1);
-    }
-    Ok(())
+/// One Iterable connection, for one batch.
+pub(crate) struct Iterable {
+    name: String,
+    destination: Compiled,
+    api_key: Option<String>,
+    /// The Iterable base URL of the connection's data center.
+    base: String,
+    live: bool,
+    now_ms: i64,
+    /// The request headers as audited: with a body, and without (a `DELETE`).
+    headers: Value,
+    headers_no_body: Value,
 }
 
-/// Sends the events' requests round by round; returns, per job, where it stopped (`None`:
-/// every request went through).
-async fn rounds(
-    pool: &PgPool,
-    clients: &Clients,
-    jobs: &[Job],
-    policy: &RetryPolicy,
-    dry_run: bool,
-) -> Result<Vec<Option<(Next, String)>>, sqlx::Error> {
-    let mut stopped: Vec<Option<(Next, String)>> = vec![None; jobs.len()];
-    let mut alive: Vec<usize> = (0..jobs.len()).collect();
-    let mut round = 0;
-    while !alive.is_empty() {
-        let requests = requests::build(jobs, &alive, round);
-        if requests.is_empty() {
-            break;
+impl Iterable {
+    pub fn new(settings: &Settings, destination: Compiled, connection: &str) -> Iterable {
+        let c = settings.connection(connection);
+        // Either place may say Europe: the connection's `data_center`, or Segment's
+        // `dataCenterLocation` in its mapping settings.
+        let europe = destination
+            .as_ref()
+            .as_ref()
+            .is_ok_and(|d| d.data_center == DataCenter::Europe)
+            || c.is_some_and(|c| c.data_center == DataCenter::Europe);
+        let dc = if europe {
+            DataCenter::Europe
+        } else {
+            DataCenter::UnitedStates
+        };
+        Iterable {
+            name: connection.to_string(),
+            destination,
+            api_key: c
+                .and_then(|c| secret(&c.iterable_api_key))
+                .map(str::to_string),
+            base: settings.iterable.hosts().base(dc).to_string(),
+            live: settings.delivery.mode == crate::configuration::DeliveryMode::Live,
+            now_ms: chrono::Utc::now().timestamp_millis(),
+            headers: redact::headers([
+                (API_KEY_HEADER, b"-".as_slice()),
+                (CONTENT_TYPE.as_str(), super::http::JSON.as_bytes()),
+            ]),
+            headers_no_body: redact::headers([(API_KEY_HEADER, b"-".as_slice())]),
         }
-        // By index: a closure over `&Request` trips a higher-ranked lifetime limit of the
-        // compiler once the future must be `Send` (rust-lang/rust#102211).
-        let verdicts: Vec<Verdicts> = stream::iter(0..requests.len())
-            .map(|i| attempt(pool, clients, jobs, &requests[i], policy, dry_run))
-            .buffer_unordered(CONCURRENT_REQUESTS)
-            .try_collect()
-            .await?;
-        for (job, step) in verdicts.into_iter().flat_map(|v| v.steps) {
-            if let Step::Stop(next, why) = step {
-                stopped[job] = Some((next, why));
+    }
+
+    /// A request to `endpoint`. A user deletion by path (`DELETE users/{email}`) names its
+    /// user in the URL only, taken from the planned `body`; its `endpoint` stays the template.
+    fn request(
+        &self,
+        endpoint: Endpoint,
+        body: Option<&Value>,
+        wire: String,
+        members: Vec<Member>,
+        full: bool,
+    ) -> Request {
+        let sends_body = endpoint.sends_body();
+        let path = match (sends_body, body) {
+            (false, Some(body)) => endpoint.request_path(body),
+            _ => std::borrow::Cow::Borrowed(endpoint.path()),
+        };
+        Request {
+            endpoint: endpoint.path(),
+            method: endpoint.method(),
+            sends_body,
+            url: format!("{}{path}", self.base),
+            credential: self.api_key.clone().map(|k| (API_KEY_HEADER, k)),
+            audit_headers: if sends_body {
+                self.headers.clone()
+            } else {
+                self.headers_no_body.clone()
+            },
+            wire,
+            bulk: bulk::is_bulk(endpoint),
+            full,
+            members,
+        }
+    }
+}
+
+/// A member with the identifiers Iterable's bulk answers name items by.
+fn member(job: usize, body: &serde_json::Map<String, Value>) -> Member {
+    let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+    Member {
+        job,
+        email: text("email"),
+        user_id: text("userId"),
+        event_name: text("eventName"),
+    }
+}
+
+impl Partner for Iterable {
+    type Part = Part;
+
+    fn direction(&self) -> Direction {
+        Direction::SegmentToIterable
+    }
+
+    fn connection(&self) -> &str {
+        &self.name
+    }
+
+    fn plan(&self, claimed: Vec<Claimed>) -> Planned<Part> {
+        let mut planned = Planned {
+            jobs: Vec::new(),
+            done: Vec::new(),
+        };
+        for event in claimed {
+            let settle = |next, why: String, action| Settle::of(&event, next, Some(why), action);
+            let destination: &Destination = match self.destination.as_ref() {
+                Ok(d) => d,
+                Err(why) => {
+                    planned.done.push(settle(Next::Failed, why.clone(), None));
+                    continue;
+                }
+            };
+            if self.api_key.is_none() && self.live {
+                let why = format!(
+                    "connection {:?} has no iterable_api_key: nothing can be sent in live mode",
+                    self.name
+                );
+                planned.done.push(settle(Next::Failed, why, None));
+                continue;
+            }
+            let parsed = match SegmentEvent::from_value(event.payload.clone(), None) {
+                Ok(p) => p,
+                Err(e) => {
+                    planned.done.push(settle(
+                        Next::Failed,
+                        format!("not a Segment event: {e}"),
+                        None,
+                    ));
+                    continue;
+                }
+            };
+            let plan = bulk::plan_event(destination, &parsed, self.now_ms);
+            let errors: Vec<String> = plan
+                .errors
+                .iter()
+                .map(|(action, e)| format!("{}: {} ({})", action.name(), e.message, e.code))
+                .collect();
+            if !plan.parts.is_empty() {
+                planned.jobs.push(Job {
+                    event,
+                    parts: plan.parts,
+                    action: plan.action,
+                    errors,
+                    notes: Vec::new(),
+                });
+                continue;
+            }
+            let done = if !errors.is_empty() {
+                settle(Next::Failed, errors.join("; "), plan.action)
+            } else if !plan.skipped.is_empty() {
+                settle(Next::Skipped, plan.skipped.join("; "), plan.action)
+            } else {
+                settle(
+                    Next::Skipped,
+                    "the mapping planned no request".into(),
+                    plan.action,
+                )
+            };
+            planned.done.push(done);
+        }
+        planned
+    }
+
+    fn requests(&self, jobs: &[Job<Part>], alive: &[usize], round: usize) -> Round {
+        let mut out = Round::default();
+        let mut items = Vec::new();
+        for &j in alive {
+            match jobs[j].parts.get(round) {
+                None => {}
+                Some(Part::Single(r)) => {
+                    let members = match &r.body {
+                        Value::Object(m) => vec![member(j, m)],
+                        _ => vec![Member {
+                            job: j,
+                            ..Member::default()
+                        }],
+                    };
+                    out.requests.push(self.request(
+                        r.endpoint,
+                        Some(&r.body),
+                        js::to_json_string(&r.body),
+                        members,
+                        true,
+                    ));
+                }
+                Some(Part::Bulk(item)) => items.push((j, item, jobs[j].event.solo)),
             }
         }
-        alive.retain(|&j| stopped[j].is_none());
-        round += 1;
-    }
-    Ok(stopped)
-}
-
-/// Sends one request (or, in dry-run mode, does not), reads the answer, records the attempt.
-async fn attempt(
-    pool: &PgPool,
-    clients: &Clients,
-    jobs: &[Job],
-    request: &Request,
-    policy: &RetryPolicy,
-    dry_run: bool,
-) -> Result<Verdicts, sqlx::Error> {
-    let (reply, verdicts) = if dry_run {
-        let steps = request.members.iter().map(|m| (m.job, Step::Ok)).collect();
-        let verdicts = Verdicts {
-            outcome: AttemptOutcome::DryRun,
-            error: None,
-            steps,
+        if items.is_empty() {
+            return out;
+        }
+        let Ok(destination) = self.destination.as_ref() else {
+            return out;
         };
-        (None, verdicts)
-    } else {
-        let reply = send::send(clients, request).await;
-        let verdicts = answer::interpret(request, &reply, jobs, policy, &clients.jitter);
-        (Some(reply), verdicts)
-    };
-    let path = request.endpoint.path();
-    let events = request.members.iter().map(|m| &jobs[m.job].event);
-    let event_ids: Vec<i64> = events.clone().map(|e| e.id).collect();
-    store::record_attempt(
-        pool,
-        &Attempt {
-            connection: &request.conn.name,
-            direction: Direction::SegmentToIterable,
-            endpoint: path,
-            method: request.endpoint.method(),
-            url: &send::url(request),
-            request_headers: &send::audit_headers(request.endpoint),
-            request_body: request
-                .endpoint
-                .sends_body()
-                .then_some(request.wire.as_str()),
-            attempt: events.map(|e| e.attempts).max().unwrap_or(1),
-            dry_run,
-            status: reply.as_ref().and_then(|r| r.status()),
-            response_headers: reply.as_ref().and_then(|r| r.headers.as_ref()),
-            response_body: reply.as_ref().and_then(|r| r.body.as_deref()),
-            duration: reply.as_ref().map(|r| r.duration),
-            outcome: verdicts.outcome,
-            error: verdicts.error.as_deref(),
-            event_ids: &event_ids,
-        },
-    )
-    .await?;
-    let outcome = verdicts.outcome.as_str();
-    metrics::counter!("gateway_delivery_attempts_total", "endpoint" => path, "outcome" => outcome)
-        .increment(1);
-    if let Some(error) = &verdicts.error {
-        tracing::warn!(connection = %request.conn.name, direction = "segment_to_iterable", endpoint = path, outcome, events = event_ids.len(), %error, "Iterable did not take every event.");
+        let built = bulk::build(destination, &items, self.now_ms);
+        for b in built.requests {
+            let members = b
+                .members
+                .iter()
+                .map(|&j| match &jobs[j].parts[round] {
+                    Part::Bulk(item) => member(j, &item.payload),
+                    Part::Single(_) => Member {
+                        job: j,
+                        ..Member::default()
+                    },
+                })
+                .collect();
+            out.requests
+                .push(self.request(b.request.endpoint, None, b.wire, members, b.full));
+        }
+        for (j, action, e) in built.errors {
+            out.refused
+                .push((j, format!("{}: {} ({})", action.name(), e.message, e.code)));
+        }
+        out
     }
-    Ok(verdicts)
+
+    fn refused(&self, request: &Request, answer: &Value) -> Vec<(usize, String)> {
+        answer::refused(&request.members, answer)
+    }
+
+    /// Token registrations are sent once per window (`Destination::once_key`).
+    fn once(&self, part: &Part) -> Option<(OnceKey, &'static str)> {
+        let Part::Single(request) = part else {
+            return None;
+        };
+        let destination = self.destination.as_ref().as_ref().ok()?;
+        destination
+            .once_key(request)
+            .map(|key| (key, request.endpoint.path()))
+    }
 }

@@ -18,6 +18,8 @@ pub enum AttemptOutcome {
     Failed,
     Dead,
     DryRun,
+    /// The partner refused the connection's credentials: the connection is paused.
+    Paused,
 }
 
 impl AttemptOutcome {
@@ -29,6 +31,7 @@ impl AttemptOutcome {
             AttemptOutcome::Failed => "failed",
             AttemptOutcome::Dead => "dead",
             AttemptOutcome::DryRun => "dry_run",
+            AttemptOutcome::Paused => "paused",
         }
     }
 }
@@ -77,17 +80,24 @@ pub async fn record_attempt(pool: &PgPool, a: &Attempt<'_>) -> Result<(), sqlx::
     .bind(a.dry_run)
     .bind(a.status.map(|s| s as i16))
     .bind(a.response_headers)
-    .bind(a.response_body.map(|b| {
-        // PostgreSQL text cannot hold NUL, and one stray byte must not stop the audit.
-        truncate(b, MAX_RESPONSE_BYTES).replace('\0', "\u{fffd}")
-    }))
+    .bind(a.response_body.map(|b| pg_text(truncate(b, MAX_RESPONSE_BYTES))))
     .bind(a.duration.map(|d| d.as_secs_f64() * 1000.0))
     .bind(a.outcome.as_str())
-    .bind(a.error)
+    .bind(a.error.map(pg_text))
     .bind(a.event_ids)
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Text PostgreSQL can store: it cannot hold NUL, and one stray byte in a partner's answer must
+/// not stop the audit (or the settling of the events).
+pub fn pg_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{fffd}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary.
@@ -104,6 +114,15 @@ pub fn truncate(s: &str, max: usize) -> &str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nul_is_replaced() {
+        assert_eq!(super::pg_text("a\0b"), "a\u{fffd}b");
+        assert!(matches!(
+            super::pg_text("ab"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
     #[test]
     fn truncation_keeps_whole_characters() {
         assert_eq!(super::truncate("héllo", 2), "h");

@@ -8,7 +8,12 @@
 
 mod attempts;
 
-pub use attempts::{record_attempt, truncate, Attempt, AttemptOutcome, MAX_RESPONSE_BYTES};
+mod pause;
+
+pub use attempts::{
+    pg_text, record_attempt, truncate, Attempt, AttemptOutcome, MAX_RESPONSE_BYTES,
+};
+pub use pause::{pause, pause_state, register_mode, resume, unregister_mode, PauseState};
 
 use crate::audit::Direction;
 use chrono::{DateTime, Utc};
@@ -32,12 +37,24 @@ pub struct Claimed {
     pub solo: bool,
 }
 
-/// Claims up to `limit` due events, oldest first: pending ones whose time has come and
-/// in-flight ones whose lease ran out. Only the oldest open event of each (connection,
-/// user_key) is claimable, so one user's events are delivered in order.
+/// What a claim may take.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimScope<'a> {
+    pub direction: Direction,
+    pub connection: &'a str,
+    /// A paused connection's events are claimed only for its probe.
+    pub probe: bool,
+    /// A dry-run dispatcher takes nothing of a connection a live dispatcher delivers.
+    pub dry_run: bool,
+}
+
+/// Claims up to `limit` due events of one connection and direction, oldest first: pending ones
+/// whose time has come and in-flight ones whose lease ran out. Only the oldest open event of
+/// each (connection, direction, user_key) is claimable, so one user's events are delivered in
+/// order, and a user's events in one direction never wait for the other direction's.
 pub async fn claim(
     pool: &PgPool,
-    direction: Direction,
+    scope: ClaimScope<'_>,
     owner: &str,
     limit: i64,
     lease: Duration,
@@ -45,29 +62,38 @@ pub async fn claim(
     sqlx::query_as::<_, Claimed>(
         "WITH due AS (
              SELECT e.id, e.received_at FROM event e
-             WHERE e.direction = $1
+             WHERE e.connection = $2 AND e.direction = $1
                AND e.state = 'pending'
                AND e.next_attempt_at <= now()
                AND (e.lease_until IS NULL OR e.lease_until < now())
                AND NOT EXISTS (
                    SELECT 1 FROM event older
-                   WHERE older.connection = e.connection AND older.user_key = e.user_key
+                   WHERE older.connection = e.connection AND older.direction = e.direction
+                     AND older.user_key = e.user_key
                      AND older.state = 'pending' AND older.id < e.id)
+               AND ($6 OR NOT EXISTS (
+                   SELECT 1 FROM connection_pause p WHERE p.connection = $2 AND p.direction = $1))
+               AND (NOT $7 OR NOT EXISTS (
+                   SELECT 1 FROM dispatcher_mode m
+                   WHERE m.connection = $2 AND m.mode = 'live' AND m.alive_until > now()))
              ORDER BY e.id
-             LIMIT $3
+             LIMIT $4
              FOR UPDATE OF e SKIP LOCKED)
          UPDATE event e
-         SET lease_until = now() + make_interval(secs => $4),
-             lease_owner = $2, attempts = e.attempts + 1, updated_at = now()
+         SET lease_until = now() + make_interval(secs => $5),
+             lease_owner = $3, attempts = e.attempts + 1, updated_at = now()
          FROM due
          WHERE e.id = due.id AND e.received_at = due.received_at
          RETURNING e.id, e.received_at, e.connection, e.message_id, e.user_key, e.payload,
                    e.attempts, e.solo",
     )
-    .bind(direction.as_str())
+    .bind(scope.direction.as_str())
+    .bind(scope.connection)
     .bind(owner)
     .bind(limit)
     .bind(lease.as_secs_f64())
+    .bind(scope.probe)
+    .bind(scope.dry_run)
     .fetch_all(pool)
     .await
     .map(|mut rows| {
@@ -92,6 +118,14 @@ pub enum Next {
     Dead,
     /// Nothing to send.
     Skipped,
+    /// Dry-run mode: what would have been sent is in the attempt log; nothing was.
+    DryRun,
+    /// Not sent (held back for the rate limit, or the lease was too short): back to pending
+    /// at once, the attempt given back.
+    Release,
+    /// The partner refused the connection's credentials: back to pending, the attempt given
+    /// back, until the connection resumes.
+    Pause,
 }
 
 impl Next {
@@ -103,13 +137,16 @@ impl Next {
             Next::Failed => "failed",
             Next::Dead => "dead",
             Next::Skipped => "skipped",
+            Next::DryRun => "dry_run",
+            Next::Release => "release",
+            Next::Pause => "pause",
         }
     }
 
     /// The state the event ends up in.
     pub fn state(self) -> &'static str {
         match self {
-            Next::Retry(_) | Next::Split => "pending",
+            Next::Retry(_) | Next::Split | Next::Release | Next::Pause => "pending",
             other => other.kind(),
         }
     }
@@ -143,9 +180,10 @@ impl Settle {
     }
 }
 
-/// Applies the transitions (delivered, retry, split, failed, dead, skipped) of events still
-/// leased by `owner`; returns how many it applied. A row whose lease ran out and was claimed
-/// by another dispatcher is left alone: that dispatcher's outcome is the one recorded.
+/// Applies the transitions of events still leased by `owner`; returns how many it applied. A
+/// row whose lease ran out and was claimed by another dispatcher is left alone: that
+/// dispatcher's outcome is the one recorded. An event settled `dry_run` gives its messageId
+/// back (`message_seen`), so that live delivery of the same message is not a duplicate.
 pub async fn settle(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u64, sqlx::Error> {
     if settles.is_empty() {
         return Ok(0);
@@ -154,21 +192,29 @@ pub async fn settle(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u6
         Next::Retry(d) => d.as_secs_f64() * 1000.0,
         _ => 0.0,
     };
-    let done = sqlx::query(
-        "UPDATE event e
-         SET state = CASE WHEN s.kind IN ('retry', 'split') THEN 'pending' ELSE s.kind END,
-             state_reason = s.reason,
-             action = COALESCE(s.action, e.action),
-             next_attempt_at = CASE WHEN s.kind IN ('retry', 'split')
-                                    THEN now() + s.delay_ms * interval '1 millisecond'
-                                    ELSE e.next_attempt_at END,
-             solo = e.solo OR s.kind = 'split',
-             attempts = e.attempts - (s.kind = 'split')::int,
-             lease_until = NULL, lease_owner = NULL, updated_at = now()
-         FROM UNNEST($2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
-                     $7::float8[]) AS s(id, received_at, kind, reason, action, delay_ms)
-         WHERE e.id = s.id AND e.received_at = s.received_at
-           AND e.state = 'pending' AND e.lease_owner = $1",
+    let done: i64 = sqlx::query_scalar(
+        "WITH settled AS (
+             UPDATE event e
+             SET state = CASE WHEN s.kind IN ('retry', 'split', 'release', 'pause') THEN 'pending'
+                              ELSE s.kind END,
+                 state_reason = s.reason,
+                 action = COALESCE(s.action, e.action),
+                 next_attempt_at = CASE WHEN s.kind IN ('retry', 'split', 'release', 'pause')
+                                        THEN now() + s.delay_ms * interval '1 millisecond'
+                                        ELSE e.next_attempt_at END,
+                 solo = e.solo OR s.kind = 'split',
+                 attempts = e.attempts - (s.kind IN ('split', 'release', 'pause'))::int,
+                 lease_until = NULL, lease_owner = NULL, updated_at = now()
+             FROM UNNEST($2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
+                         $7::float8[]) AS s(id, received_at, kind, reason, action, delay_ms)
+             WHERE e.id = s.id AND e.received_at = s.received_at
+               AND e.state = 'pending' AND e.lease_owner = $1
+             RETURNING e.connection, e.direction, e.message_id, e.state),
+         released AS (
+             DELETE FROM message_seen m USING settled s
+             WHERE s.state = 'dry_run' AND m.connection = s.connection
+               AND m.direction = s.direction AND m.message_id = s.message_id)
+         SELECT count(*) FROM settled",
     )
     .bind(owner)
     .bind(settles.iter().map(|s| s.id).collect::<Vec<_>>())
@@ -177,7 +223,7 @@ pub async fn settle(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u6
     .bind(
         settles
             .iter()
-            .map(|s| s.reason.as_deref())
+            .map(|s| s.reason.as_deref().map(|r| pg_text(r).into_owned()))
             .collect::<Vec<_>>(),
     )
     .bind(
@@ -187,9 +233,9 @@ pub async fn settle(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u6
             .collect::<Vec<_>>(),
     )
     .bind(settles.iter().map(|s| delay_ms(s.next)).collect::<Vec<_>>())
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(done.rows_affected())
+    Ok(done as u64)
 }
 
 /// Renews the lease of the events still held by `owner`; returns how many it renewed.

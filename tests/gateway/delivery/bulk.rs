@@ -138,33 +138,3 @@ async fn a_refused_bulk_request_is_split_and_only_the_bad_event_fails() {
         .collect();
     assert_eq!(sizes, [3, 1, 1, 1]);
 }
-
-#[tokio::test]
-async fn a_refused_api_key_fails_the_whole_request_without_splitting_it() {
-    // Arrange
-    let h = Harness::start().await;
-    h.insert(&[
-        track("m-1", "u-1", "Signed Up"),
-        track("m-2", "u-2", "Signed Up"),
-    ])
-    .await;
-    Mock::given(method("POST"))
-        .and(path("/api/events/trackBulk"))
-        .respond_with(
-            ResponseTemplate::new(401)
-                .set_body_json(json!({"msg": "Invalid API key", "code": "BadApiKey"})),
-        )
-        .expect(1)
-        .mount(&h.iterable)
-        .await;
-
-    // Act
-    h.drain_all().await;
-
-    // Assert
-    for mid in ["m-1", "m-2"] {
-        let e = h.event(mid).await;
-        assert_eq!((e.state.as_str(), e.solo), ("failed", false), "{mid}");
-        assert!(e.state_reason.unwrap().contains("BadApiKey"), "{mid}");
-    }
-}

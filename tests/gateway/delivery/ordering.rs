@@ -68,14 +68,23 @@ async fn two_dispatchers_on_one_database_never_send_the_same_event_twice() {
     assert_eq!(delivered, 200);
 }
 
+/// What a live dispatcher of `shop` claims towards Iterable.
+pub fn scope() -> store::ClaimScope<'static> {
+    store::ClaimScope {
+        direction: Direction::SegmentToIterable,
+        connection: "shop",
+        probe: false,
+        dry_run: false,
+    }
+}
+
 #[tokio::test]
 async fn an_expired_lease_is_reclaimed_and_the_old_owner_cannot_settle() {
     // Arrange: a dispatcher claims the event and dies; its lease runs out.
     let h = Harness::start().await;
     h.insert(&[track("m-1", "u-1", "Signed Up")]).await;
     track_bulk_answers(&h, 200).await;
-    let dir = Direction::SegmentToIterable;
-    let lost = store::claim(&h.pool, dir, "crashed", 10, Duration::from_secs(60))
+    let lost = store::claim(&h.pool, scope(), "crashed", 10, Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(lost.len(), 1);
@@ -135,8 +144,7 @@ async fn a_users_next_event_waits_while_the_earlier_one_waits_for_a_retry() {
         .map(|e| e["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(sent, ["m-1", "m-3"]);
-    let dir = Direction::SegmentToIterable;
-    let claimable = store::claim(&h.pool, dir, "probe", 10, Duration::from_secs(60))
+    let claimable = store::claim(&h.pool, scope(), "probe", 10, Duration::from_secs(60))
         .await
         .unwrap();
     assert!(claimable.is_empty(), "{claimable:?}");
@@ -144,28 +152,54 @@ async fn a_users_next_event_waits_while_the_earlier_one_waits_for_a_retry() {
 
 #[tokio::test]
 async fn a_batch_that_outlasts_its_lease_keeps_it() {
-    // Arrange: a one-second lease and an answer that takes longer.
-    let h = Harness::with(|s| s.delivery.lease_secs = 1).await;
-    h.insert(&[track("m-1", "u-1", "Signed Up")]).await;
+    // Arrange: a 3 s lease (1 s request timeout), and a rate limit that makes the batch of ten
+    // purchases take about 4 s.
+    let h = Harness::with(|s| {
+        s.delivery.lease_secs = 3;
+        s.delivery.request_timeout_ms = 1000;
+        s.delivery.rate_limits = [("default".to_string(), 2)].into();
+    })
+    .await;
+    let purchases: Vec<Value> = (0..10)
+        .map(|n| {
+            json!({"type": "track", "event": "Order Completed", "messageId": format!("p-{n}"),
+                        "userId": format!("u-{n}"), "properties": {"order_id": format!("o-{n}"), "total": 1, "products": []}})
+        })
+        .collect();
+    h.insert(&purchases).await;
     Mock::given(method("POST"))
-        .and(path("/api/events/trackBulk"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(1600)))
-        .expect(1)
+        .and(path("/api/commerce/trackPurchase"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(10)
         .mount(&h.iterable)
         .await;
 
     // Act: a second dispatcher looks after the first lease would have run out.
     let first = worker::drain(&h.pool, &h.settings, &h.clients);
     let second = async {
-        tokio::time::sleep(Duration::from_millis(1300)).await;
+        tokio::time::sleep(Duration::from_millis(3300)).await;
         worker::drain(&h.pool, &h.settings, &h.clients).await
     };
     let (first, second) = tokio::join!(first, second);
 
     // Assert
-    assert_eq!((first.unwrap(), second.unwrap()), (1, 0));
-    let e = h.event("m-1").await;
-    assert_eq!((e.state.as_str(), e.attempts), ("delivered", 1));
+    let rows: Vec<(String, i32, Option<String>)> =
+        sqlx::query_as("SELECT state, attempts, state_reason FROM event")
+            .fetch_all(&h.pool)
+            .await
+            .unwrap();
+    // The first dispatcher claimed them all (some more than once: a request whose token would
+    // come after its lease could safely hold goes back to pending, its attempt given back);
+    // the second found nothing to take.
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert!(first >= 10, "{first}");
+    assert_eq!(second, 0, "{rows:?}");
+    let delivered: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event WHERE state = 'delivered' AND attempts = 1")
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(delivered, 10, "{rows:?}");
 }
 
 #[tokio::test]
