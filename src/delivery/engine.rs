@@ -434,14 +434,36 @@ impl<P: Partner> Run<'_, P> {
             }
         }
         // Members of a held-back request may share another request of this round (lists):
-        // that one is not sent either.
-        let book = self.book();
-        out.retain(|(i, _)| {
-            !requests[*i]
-                .members
-                .iter()
-                .any(|m| matches!(book.stopped[m.job], Some((Next::Release, _))))
-        });
+        // that one is not sent either, and so its other members are held back with it (else
+        // they would go on to later rounds and be settled without this request). Repeated until
+        // nothing more is held back, since those members may share further requests.
+        let mut book = self.book();
+        loop {
+            let mut more = false;
+            out.retain(|(i, _)| {
+                let members = &requests[*i].members;
+                let held = members
+                    .iter()
+                    .any(|m| matches!(book.stopped[m.job], Some((Next::Release, _))));
+                if held {
+                    for m in members {
+                        if book.stopped[m.job].is_none() {
+                            book.stopped[m.job] = Some((
+                                Next::Release,
+                                "held back: it shares a request with an event waiting for a rate limit"
+                                    .to_string(),
+                            ));
+                            stopped_now.push(m.job);
+                            more = true;
+                        }
+                    }
+                }
+                !held
+            });
+            if !more {
+                break;
+            }
+        }
         drop(book);
         out.sort_by_key(|(i, _)| *i);
         Ok(out)
