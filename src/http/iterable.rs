@@ -42,21 +42,9 @@ pub async fn iterable_webhook(
         let c = verified.as_ref().expect("verified");
         events_of(&body.bytes, &c.event_names)
     });
-    let mut audit = ingest.open(&req, body, Direction::IterableToSegment);
-    if let Some(problem) = problem {
-        if let Ok(c) = &verified {
-            audit.set_connection(&c.settings.name);
-        }
-        return Err(audit.refuse(problem).await);
-    }
-    let connection = match verified {
-        Ok(c) => c,
-        Err(detail) => {
-            return Err(audit
-                .refuse(IngestError::WebhookUnauthorized { detail })
-                .await)
-        }
-    };
-    audit.set_connection(&connection.settings.name);
+    let (audit, _) = ingest
+        .open(&req, body, Direction::IterableToSegment)
+        .authenticate_webhook(problem, verified)
+        .await?;
     audit.finish(events.expect("made once verified")).await
 }

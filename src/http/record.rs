@@ -12,6 +12,7 @@ use crate::audit::redact::{self, Scrubber};
 use crate::audit::writer::{Committed, GroupCommitter};
 use crate::audit::{storable, Direction, InboundRecord, NewEvent};
 use crate::configuration::Settings;
+use crate::connection::Connection;
 use crate::error::IngestError;
 use actix_web::{HttpRequest, HttpResponse};
 use std::time::Duration;
@@ -156,6 +157,35 @@ pub struct Audit<'a> {
     nul_possible: bool,
     /// The route's pattern, for metrics.
     route: String,
+}
+
+impl<'a> Audit<'a> {
+    /// The end of a webhook route's checks, shared by both partners: a problem with the body
+    /// (size, encoding, read time) is answered first, whoever sent it; then the credentials,
+    /// with one answer for every failure (unknown connection, no secret configured, a missing
+    /// or wrong signature or token: the detail goes to the audit only), so that connection
+    /// names cannot be probed; then the request is the connection's.
+    pub async fn authenticate_webhook<'c>(
+        mut self,
+        problem: Option<IngestError>,
+        verified: Result<&'c Connection, String>,
+    ) -> Result<(Audit<'a>, &'c Connection), IngestError> {
+        if let Some(problem) = problem {
+            if let Ok(c) = &verified {
+                self.set_connection(&c.settings.name);
+            }
+            return Err(self.refuse(problem).await);
+        }
+        match verified {
+            Ok(c) => {
+                self.set_connection(&c.settings.name);
+                Ok((self, c))
+            }
+            Err(detail) => Err(self
+                .refuse(IngestError::WebhookUnauthorized { detail })
+                .await),
+        }
+    }
 }
 
 impl Audit<'_> {

@@ -123,19 +123,10 @@ pub async fn segment_webhook(
     let size = body.bytes.len();
     let parsed = (problem.is_none() && verified.is_ok())
         .then(|| serde_json::from_slice::<Value>(&body.bytes));
-    let mut audit = ingest.open(&req, body, Direction::SegmentToIterable);
-    if let Some(problem) = problem {
-        return Err(audit.refuse(problem).await);
-    }
-    let connection = match verified {
-        Ok(c) => c,
-        Err(detail) => {
-            return Err(audit
-                .refuse(IngestError::WebhookUnauthorized { detail })
-                .await)
-        }
-    };
-    audit.set_connection(&connection.settings.name);
+    let (audit, connection) = ingest
+        .open(&req, body, Direction::SegmentToIterable)
+        .authenticate_webhook(problem, verified)
+        .await?;
     let dest = &connection.destination;
     let events = parsed
         .expect("parsed once verified")
