@@ -56,6 +56,24 @@ pub struct AttemptRow {
 }
 
 impl Harness {
+    /// Runs the dispatcher loop (`worker::run`, as `gateway serve` does) until the returned
+    /// token is cancelled; the handle ends once every worker has stopped.
+    pub fn spawn_workers(
+        &self,
+    ) -> (
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let run = tokio::spawn(worker::run(
+            self.pool.clone(),
+            std::sync::Arc::new(self.settings.clone()),
+            self.clients.clone(),
+            cancel.clone(),
+        ));
+        (cancel, run)
+    }
+
     /// Live mode, one connection `shop` with key [`API_KEY`], fast retries, no rate limits.
     pub async fn start() -> Harness {
         Harness::with(|_| {}).await

@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, Request, Respond, ResponseTemplate};
 
@@ -245,13 +244,7 @@ async fn a_429_storm_cuts_the_rate_and_it_grows_back_slowly() {
         .await;
 
     // Act: dispatch for 3 s.
-    let cancel = CancellationToken::new();
-    let run = tokio::spawn(worker::run(
-        h.pool.clone(),
-        Arc::new(h.settings.clone()),
-        h.clients.clone(),
-        cancel.clone(),
-    ));
+    let (cancel, run) = h.spawn_workers();
     tokio::time::sleep(Duration::from_secs(3)).await;
     cancel.cancel();
     run.await.unwrap();
@@ -285,13 +278,7 @@ async fn under_the_limit_requests_fill_up_instead_of_going_out_one_item_each() {
         .respond_with(s.clone())
         .mount(&h.iterable)
         .await;
-    let cancel = CancellationToken::new();
-    let run = tokio::spawn(worker::run(
-        h.pool.clone(),
-        Arc::new(h.settings.clone()),
-        h.clients.clone(),
-        cancel.clone(),
-    ));
+    let (cancel, run) = h.spawn_workers();
 
     // Act
     for wave in 0..20 {
@@ -404,13 +391,7 @@ async fn a_bad_key_pauses_only_its_connection_and_a_probe_or_a_new_key_resumes_i
     // Act 2: dispatchers start (a restart probes at once: refused again), then the probe
     // every pause_probe_secs finds that Iterable takes the key.
     let started = Instant::now();
-    let cancel = CancellationToken::new();
-    let run = tokio::spawn(worker::run(
-        h.pool.clone(),
-        Arc::new(h.settings.clone()),
-        h.clients.clone(),
-        cancel.clone(),
-    ));
+    let (cancel, run) = h.spawn_workers();
     while h.event("m-2").await.state != "delivered" && started.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -7,9 +7,7 @@ use gateway::delivery::store::{self, Next, Settle};
 use gateway::delivery::worker;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
@@ -207,13 +205,7 @@ async fn the_worker_loop_delivers_until_cancelled() {
     // Arrange
     let h = Harness::with(|s| s.delivery.workers = 2).await;
     track_bulk_answers(&h, 200).await;
-    let cancel = CancellationToken::new();
-    let workers = tokio::spawn(worker::run(
-        h.pool.clone(),
-        Arc::new(h.settings.clone()),
-        h.clients.clone(),
-        cancel.clone(),
-    ));
+    let (cancel, workers) = h.spawn_workers();
 
     // Act: events arrive while the workers poll.
     tokio::time::sleep(Duration::from_millis(50)).await;
