@@ -96,8 +96,8 @@ pub async fn request(
     .await?;
     let event_id: i64 = sqlx::query_scalar(
         "INSERT INTO event (request_id, connection, direction, message_id, call_type, user_key,
-                            payload, state)
-         VALUES ($1, $2, $3, $4, 'delete', $5, $6, 'pending') RETURNING id",
+                            payload, email, state)
+         VALUES ($1, $2, $3, $4, 'delete', $5, $6, gateway_event_email($6), 'pending') RETURNING id",
     )
     .bind(request_id)
     .bind(connection)

@@ -130,7 +130,7 @@ const EVENT_COLUMNS: &str =
     "e.id AS event_id, e.received_at, e.request_id, e.connection, e.direction,
     e.message_id, e.call_type, e.user_key, gateway_event_state(e.state, e.lease_until) AS state,
     e.state_reason, e.action, e.attempts, e.next_attempt_at,
-    (SELECT count(*) FROM replay_event r WHERE r.event_id = e.id) AS replays, e.payload";
+    (SELECT count(*) FROM replay_event r WHERE r.event_id = e.id) AS replays, gateway_event_payload(e) AS payload";
 
 /// The events with this messageId (one per connection and direction that received it).
 pub async fn events_by_message_id(
@@ -154,14 +154,14 @@ pub async fn events_by_user(pool: &PgPool, user: &str) -> Result<Vec<EventRow>, 
              SELECT unnest(gateway_user_keys($1)) AS k
              UNION
              SELECT user_key FROM (
-                 SELECT user_key FROM event WHERE gateway_event_email(payload) = lower($1)
+                 SELECT user_key FROM event WHERE email = lower($1)
                  ORDER BY received_at DESC LIMIT 50) by_email)
          SELECT {EVENT_COLUMNS} FROM event e
          WHERE e.id IN (
              (SELECT id FROM event WHERE user_key IN (SELECT k FROM keys)
               ORDER BY received_at DESC LIMIT $2)
              UNION
-             (SELECT id FROM event WHERE gateway_event_email(payload) = lower($1)
+             (SELECT id FROM event WHERE email = lower($1)
               ORDER BY received_at DESC LIMIT $2))
          ORDER BY e.id DESC LIMIT $2"
     ))

@@ -24,6 +24,7 @@
 
 use super::health::DatabaseHealth;
 use super::{Direction, EventState, InboundRecord};
+use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::PgPool;
 use std::collections::{HashSet, VecDeque};
@@ -741,13 +742,21 @@ async fn write_group_ids(
     .fetch_all(&mut *tx)
     .await?;
     let ids: &[i64] = ids;
+    // Each request's events, as normalised, once: one blob of JSON lines beside its raw body
+    // (migration 20261202000800); the event rows say where their line is.
+    let blobs: Vec<EventsBody> = records
+        .iter()
+        .map(|r| EventsBody::of(&r.events))
+        .collect::<Result<_, _>>()
+        .map_err(|why| sqlx::Error::Encode(why.into()))?;
 
     sqlx::query(
         "INSERT INTO inbound_request (id, route, connection, direction, status, error_code, error_message,
-                                      headers, content_encoding, body, events, body_size, body_truncated)
+                                      headers, content_encoding, body, events, body_size, body_truncated,
+                                      events_body)
          SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::text[],
                               $7::text[], $8::jsonb[], $9::text[], $10::bytea[], $11::int[], $12::bigint[],
-                              $13::boolean[])",
+                              $13::boolean[], $14::bytea[])",
     )
     .bind(ids)
     .bind(records.iter().map(|r| r.route.as_str()).collect::<Vec<_>>())
@@ -762,6 +771,7 @@ async fn write_group_ids(
     .bind(records.iter().map(|r| r.events.len() as i32).collect::<Vec<_>>())
     .bind(records.iter().map(|r| r.body_size as i64).collect::<Vec<_>>())
     .bind(records.iter().map(|r| r.body_truncated).collect::<Vec<_>>())
+    .bind(blobs.iter().map(EventsBody::bytes).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
 
@@ -829,10 +839,14 @@ async fn write_group_ids(
         mut mid,
         mut call,
         mut user,
-        mut payload,
+        mut at,
+        mut len,
+        mut email,
         mut state,
         mut reason,
     ) = (
+        vec![],
+        vec![],
         vec![],
         vec![],
         vec![],
@@ -865,17 +879,22 @@ async fn write_group_ids(
             mid.push(e.message_id.as_str());
             call.push(e.call_type.as_deref());
             user.push(e.user_key.as_str());
-            payload.push(Json(&e.payload));
+            let (offset, length) = blobs[ri].lines[ei];
+            at.push(offset);
+            len.push(length);
+            email.push(event_email(&e.payload));
             state.push(s.as_str());
             reason.push(why);
         }
     }
     if !req.is_empty() {
         sqlx::query(
-            "INSERT INTO event (request_id, connection, direction, message_id, call_type, user_key, payload,
-                                state, state_reason)
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                  $7::jsonb[], $8::text[], $9::text[])",
+            "INSERT INTO event (request_id, connection, direction, message_id, call_type, user_key,
+                                payload_at, payload_len, email, state, state_reason)
+             SELECT r, c, d, m, t, u, a, l, lower(em), s, why
+             FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::int[], $8::int[], $9::text[], $10::text[], $11::text[])
+                  AS x(r, c, d, m, t, u, a, l, em, s, why)",
         )
         .bind(&req)
         .bind(&conn)
@@ -883,7 +902,9 @@ async fn write_group_ids(
         .bind(&mid)
         .bind(&call)
         .bind(&user)
-        .bind(&payload)
+        .bind(&at)
+        .bind(&len)
+        .bind(&email)
         .bind(&state)
         .bind(&reason)
         .execute(&mut *tx)
@@ -891,6 +912,71 @@ async fn write_group_ids(
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// A request's events as one blob of JSON lines, and where each line is (byte offset, length).
+struct EventsBody {
+    bytes: Option<Vec<u8>>,
+    lines: Vec<(i32, i32)>,
+}
+
+impl EventsBody {
+    /// Refused (as a value the database cannot hold, so the group commit isolates the request)
+    /// when an event holds U+0000, which `jsonb` cannot: every line must read back as `jsonb`.
+    /// Ingest refuses those before (`storable`); this keeps the writer's own promise.
+    fn of(events: &[super::NewEvent]) -> Result<EventsBody, String> {
+        if events.is_empty() {
+            return Ok(EventsBody {
+                bytes: None,
+                lines: Vec::new(),
+            });
+        }
+        let mut bytes = Vec::with_capacity(events.len() * 512);
+        let mut lines = Vec::with_capacity(events.len());
+        for e in events {
+            let start = bytes.len();
+            // A `Value` always serialises (its keys are strings).
+            serde_json::to_writer(&mut bytes, &e.payload).expect("a JSON value serialises");
+            // Offsets are int4 in the table; a request is at most max_batch_bytes (checked at
+            // start-up to be far below 2 GiB), and its normalised events about as large.
+            let line = &bytes[start..];
+            if super::storable::may_hold_nul(line) {
+                if let Some(path) = super::storable::find_nul(&e.payload) {
+                    return Err(format!(
+                        "{path} holds \\u0000 (U+0000): unsupported Unicode escape sequence for jsonb"
+                    ));
+                }
+            }
+            lines.push((start as i32, (bytes.len() - start) as i32));
+            bytes.push(b'\n');
+        }
+        Ok(EventsBody {
+            bytes: Some(bytes),
+            lines,
+        })
+    }
+
+    fn bytes(&self) -> Option<&[u8]> {
+        self.bytes.as_deref()
+    }
+}
+
+/// The email an event is about, as `gateway_event_email(payload)` reads it before lower-casing
+/// (which the INSERT does, so that it is PostgreSQL's lower()): the first of `email`,
+/// `traits.email`, `context.traits.email`, `properties.email` that is there and not null.
+fn event_email(payload: &Value) -> Option<String> {
+    [
+        "/email",
+        "/traits/email",
+        "/context/traits/email",
+        "/properties/email",
+    ]
+    .iter()
+    .find_map(|p| match payload.pointer(p) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => Some(other.to_string()),
+    })
 }
 
 #[cfg(test)]

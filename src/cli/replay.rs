@@ -126,7 +126,7 @@ const MATCHES: &str = "e.state = ANY ($1)
     AND (cardinality($7::text[]) = 0 OR e.message_id = ANY ($7))
     AND ($8::text IS NULL
          OR e.user_key = ANY (gateway_user_keys($8))
-         OR gateway_event_email(e.payload) = lower($8))";
+         OR e.email = lower($8))";
 
 fn bind<'q, O>(
     q: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,

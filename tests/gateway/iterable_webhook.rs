@@ -19,7 +19,7 @@ async fn post(app: &TestApp, auth: Option<&str>, body: &str) -> reqwest::Respons
 }
 
 async fn tracks(app: &TestApp) -> Vec<(String, String, Value)> {
-    sqlx::query_as("SELECT state, message_id, payload FROM event WHERE direction = 'iterable_to_segment' ORDER BY id")
+    sqlx::query_as("SELECT state, message_id, gateway_event_payload(event) FROM event WHERE direction = 'iterable_to_segment' ORDER BY id")
         .fetch_all(&app.pool)
         .await
         .unwrap()

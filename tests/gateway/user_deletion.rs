@@ -269,7 +269,7 @@ async fn a_deletion_reaches_iterable_once_suppresses_the_user_and_leaves_no_trac
     assert_eq!(mentions(&app, "anon-1").await, Vec::<String>::new());
     let kept = mentions(&app, OTHER).await;
     for table in [
-        "event.payload",
+        "inbound_request.events_body",
         "inbound_request.body",
         "delivery_attempt.request_body",
     ] {

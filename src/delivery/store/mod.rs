@@ -19,6 +19,7 @@ use crate::audit::Direction;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// An event claimed by a dispatcher.
@@ -35,6 +36,23 @@ pub struct Claimed {
     pub attempts: i32,
     /// Send alone: its bulk request was refused as a whole.
     pub solo: bool,
+}
+
+/// A claimed row as the claim returns it: the payload itself (`event.payload`, when the row
+/// keeps it), or where its line is in its request's `events_body`.
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    id: i64,
+    received_at: DateTime<Utc>,
+    connection: String,
+    message_id: String,
+    user_key: String,
+    payload: Option<Value>,
+    request_id: i64,
+    payload_at: Option<i32>,
+    payload_len: Option<i32>,
+    attempts: i32,
+    solo: bool,
 }
 
 /// What a claim may take.
@@ -59,7 +77,7 @@ pub async fn claim(
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    sqlx::query_as::<_, Claimed>(
+    let rows = sqlx::query_as::<_, ClaimedRow>(
         "WITH due AS (
              SELECT e.id, e.received_at FROM event e
              WHERE e.connection = $2 AND e.direction = $1
@@ -85,7 +103,7 @@ pub async fn claim(
          FROM due
          WHERE e.id = due.id AND e.received_at = due.received_at
          RETURNING e.id, e.received_at, e.connection, e.message_id, e.user_key, e.payload,
-                   e.attempts, e.solo",
+                   e.request_id, e.payload_at, e.payload_len, e.attempts, e.solo",
     )
     .bind(scope.direction.as_str())
     .bind(scope.connection)
@@ -95,12 +113,80 @@ pub async fn claim(
     .bind(scope.probe)
     .bind(scope.dry_run)
     .fetch_all(pool)
-    .await
-    .map(|mut rows| {
-        // RETURNING does not keep the CTE's order.
-        rows.sort_by_key(|r| r.id);
-        rows
-    })
+    .await?;
+    let mut claimed = with_payloads(pool, rows).await?;
+    // RETURNING does not keep the CTE's order.
+    claimed.sort_by_key(|r| r.id);
+    Ok(claimed)
+}
+
+/// The claimed rows with their payloads: the lines of those kept in their requests' blobs are
+/// read with one query (each blob once, however many of its events were claimed) and parsed
+/// here.
+async fn with_payloads(pool: &PgPool, rows: Vec<ClaimedRow>) -> Result<Vec<Claimed>, sqlx::Error> {
+    let mut wanted: Vec<(i64, DateTime<Utc>)> = rows
+        .iter()
+        .filter(|r| r.payload.is_none())
+        .map(|r| (r.request_id, r.received_at))
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let blobs: HashMap<(i64, DateTime<Utc>), Vec<u8>> = if wanted.is_empty() {
+        HashMap::new()
+    } else {
+        let (ids, ats): (Vec<i64>, Vec<DateTime<Utc>>) = wanted.into_iter().unzip();
+        sqlx::query_as::<_, (i64, DateTime<Utc>, Vec<u8>)>(
+            "SELECT q.id, q.received_at, q.events_body FROM inbound_request q
+             JOIN UNNEST($1::bigint[], $2::timestamptz[]) AS w(id, at)
+               ON q.id = w.id AND q.received_at = w.at
+             WHERE q.events_body IS NOT NULL",
+        )
+        .bind(&ids)
+        .bind(&ats)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|(id, at, body)| ((id, at), body))
+        .collect()
+    };
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let payload = match r.payload {
+                Some(p) => p,
+                None => line(&blobs, &r).unwrap_or_else(|why| {
+                    // Only reachable through a hand-edited database: the mapping refuses a null
+                    // event, so it ends `failed` with this in the log.
+                    tracing::error!(event = r.id, request = r.request_id, "{why}");
+                    Value::Null
+                }),
+            };
+            Claimed {
+                id: r.id,
+                received_at: r.received_at,
+                connection: r.connection,
+                message_id: r.message_id,
+                user_key: r.user_key,
+                payload,
+                attempts: r.attempts,
+                solo: r.solo,
+            }
+        })
+        .collect())
+}
+
+/// An event's line in its request's blob, parsed.
+fn line(blobs: &HashMap<(i64, DateTime<Utc>), Vec<u8>>, r: &ClaimedRow) -> Result<Value, String> {
+    let blob = blobs
+        .get(&(r.request_id, r.received_at))
+        .ok_or("the event's request keeps no events_body")?;
+    let (at, len) = (r.payload_at.unwrap_or(0), r.payload_len.unwrap_or(0));
+    let bytes = usize::try_from(at)
+        .ok()
+        .zip(usize::try_from(len).ok())
+        .and_then(|(at, len)| blob.get(at..at.checked_add(len)?))
+        .ok_or("the event's line is outside its request's events_body")?;
+    serde_json::from_slice(bytes).map_err(|e| format!("the event's line does not parse: {e}"))
 }
 
 /// Where a claimed event goes next.

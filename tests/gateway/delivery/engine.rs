@@ -777,12 +777,18 @@ async fn gateway_map_batch_prints_byte_for_byte_what_the_dispatcher_sends() {
         json!({"type": "track", "event": "Cart Updated", "messageId": "m-5", "userId": "u-5",
                "properties": {"products": [{"product_id": "p", "price": 2.5, "quantity": 1}]}}),
     ];
-    // The events as the outbox holds them (jsonb orders object keys its own way).
+    // The events as the outbox holds them: each one's line of its request's events_body, in
+    // the sender's key order (which the mapping keeps, as Segment's does).
     h.insert(&events).await;
-    let stored: Vec<Value> = sqlx::query_scalar("SELECT payload FROM event ORDER BY id")
-        .fetch_all(&h.pool)
-        .await
-        .unwrap();
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT convert_from(substring(q.events_body FROM e.payload_at + 1 FOR e.payload_len), 'UTF8')
+         FROM event e JOIN inbound_request q ON q.id = e.request_id AND q.received_at = e.received_at
+         ORDER BY e.id",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), events.len());
     let input: String = stored.iter().map(|e| format!("{e}\n")).collect();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(["map", "--batch"])
