@@ -812,15 +812,14 @@ async fn write_group_ids(
         // Candidates are distinct keys, so each inserted row joins back to exactly one.
         sqlx::query_scalar::<_, i64>(
             "WITH input AS (
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(c, d, m, n)),
+                 SELECT gateway_message_key(c, d, m) AS key, n
+                 FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(c, d, m, n)),
              inserted AS (
-                 INSERT INTO message_seen (connection, direction, message_id)
-                 SELECT c, d, m FROM input
+                 INSERT INTO message_seen (key)
+                 SELECT key FROM input
                  ON CONFLICT DO NOTHING
-                 RETURNING connection, direction, message_id)
-             SELECT input.n FROM input
-             JOIN inserted ON inserted.connection = input.c AND inserted.direction = input.d
-                          AND inserted.message_id = input.m",
+                 RETURNING key)
+             SELECT input.n FROM input JOIN inserted USING (key)",
         )
         .bind(&conn)
         .bind(&dir)

@@ -298,8 +298,8 @@ pub async fn settle(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u6
              RETURNING e.connection, e.direction, e.message_id, e.state),
          released AS (
              DELETE FROM message_seen m USING settled s
-             WHERE s.state = 'dry_run' AND m.connection = s.connection
-               AND m.direction = s.direction AND m.message_id = s.message_id)
+             WHERE s.state = 'dry_run'
+               AND m.key = gateway_message_key(s.connection, s.direction, s.message_id))
          SELECT count(*) FROM settled",
     )
     .bind(owner)
