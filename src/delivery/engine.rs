@@ -612,6 +612,7 @@ impl<P: Partner> Run<'_, P> {
                 outcome: verdicts.outcome,
                 error: verdicts.error.as_deref(),
                 event_ids: &event_ids,
+                user_hashes: None,
             },
         )
         .await?;
