@@ -22,6 +22,7 @@ mod once;
 pub mod retry;
 pub mod segment;
 pub mod store;
+pub mod window;
 pub mod worker;
 
 use crate::configuration::{DeliverySettings, Settings};
