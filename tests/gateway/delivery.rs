@@ -8,6 +8,7 @@ mod endpoints;
 mod engine;
 mod ordering;
 mod retries;
+mod window;
 
 use gateway::audit::writer::write_group;
 use gateway::audit::{Direction, EventState, InboundRecord, NewEvent};
