@@ -6,6 +6,7 @@
 mod bulk;
 mod endpoints;
 mod engine;
+mod fairness;
 mod ordering;
 mod retries;
 mod window;
