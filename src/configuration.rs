@@ -149,11 +149,23 @@ pub struct DeliverySettings {
     /// Seconds between the probes of a paused connection (its partner refused the key).
     #[serde(default = "default_pause_probe_secs")]
     pub pause_probe_secs: u64,
+    /// Milliseconds during which a single-user call to Iterable for a user holds back bulk
+    /// calls for that user, and the other way round (`delivery::window`); 0: no window.
+    #[serde(default = "default_user_call_window_ms")]
+    pub user_call_window_ms: u64,
 }
 
 fn default_pause_probe_secs() -> u64 {
     60
 }
+
+fn default_user_call_window_ms() -> u64 {
+    2000
+}
+
+/// The longest `delivery.user_call_window_ms`: a user's events wait at most this long for the
+/// other kind of call to settle.
+pub const MAX_USER_CALL_WINDOW_MS: u64 = 300_000;
 
 /// What a lease must have left, beyond the request timeout, for a request to start on it.
 pub const LEASE_MARGIN_MS: u64 = 1000;
@@ -194,6 +206,13 @@ impl DeliverySettings {
         }
         if self.pause_probe_secs == 0 {
             return bad("delivery.pause_probe_secs must be at least 1".into());
+        }
+        if self.user_call_window_ms > MAX_USER_CALL_WINDOW_MS {
+            return bad(format!(
+                "delivery.user_call_window_ms is {}; it must be at most {MAX_USER_CALL_WINDOW_MS} \
+                 (5 minutes; 0 turns the window off)",
+                self.user_call_window_ms
+            ));
         }
         if self.retry_base_ms > self.retry_max_secs.saturating_mul(1000) {
             return bad(format!(
@@ -564,12 +583,16 @@ mod tests {
     #[test]
     fn delivery_ranges_are_checked_with_the_key_named() {
         type Change = fn(&mut DeliverySettings);
-        let cases: [(Change, &str); 6] = [
+        let cases: [(Change, &str); 7] = [
             (|d| d.lease_secs = 0, "delivery.lease_secs is 0"),
             (|d| d.max_attempts = 0, "delivery.max_attempts is 0"),
             (|d| d.max_attempts = -3, "delivery.max_attempts is -3"),
             (|d| d.claim_batch = 0, "delivery.claim_batch is 0"),
             (|d| d.request_timeout_ms = 60_000, "it must be at least 92"),
+            (
+                |d| d.user_call_window_ms = 300_001,
+                "delivery.user_call_window_ms is 300001; it must be at most 300000",
+            ),
             (
                 |d| {
                     d.rate_limits.insert("api/x".into(), 1);

@@ -114,6 +114,11 @@ fn describe() {
         Unit::Seconds,
         "Seconds per outbound request, by connection, direction and endpoint."
     );
+    describe_counter!(
+        "gateway_delivery_window_holds_total",
+        "Events held back so as not to mix single-user and bulk calls for one user within \
+         delivery.user_call_window_ms, by connection and direction."
+    );
     describe_gauge!(
         "gateway_connection_paused",
         "1 while a connection's delivery is paused (label reason), else 0."

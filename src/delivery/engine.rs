@@ -10,6 +10,9 @@
 //! An event's requests go out in rounds: round `n` sends the `n`th part of every event still
 //! going, so an event with two parts sends the second only after the first went through, and is
 //! delivered only when all did.
+//!
+//! Before any round, events whose calls would mix single-user and bulk calls for one user
+//! within `delivery.user_call_window_ms` are held back ([`window`]).
 
 use super::answer::{self, Step, Verdicts};
 use super::http::{call, Reply};
@@ -17,6 +20,7 @@ use super::lease::Lease;
 use super::once;
 use super::retry::RetryPolicy;
 use super::store::{self, Attempt, Claimed, Next, Settle};
+use super::window::{self, UserCall};
 use super::{Clients, DeliveryError};
 use crate::audit::Direction;
 use crate::configuration::{DeliveryMode, Settings, LEASE_MARGIN_MS};
@@ -119,6 +123,17 @@ pub(crate) trait Partner: Sync {
     fn once(&self, _part: &Self::Part) -> Option<(crate::mapping::OnceKey, &'static str)> {
         None
     }
+    /// A part that is a single-user or bulk call of a family the partner processes apart
+    /// ([`window`]): which, and the users it names. An event's parts make calls of one kind
+    /// per family.
+    fn user_call(&self, _part: &Self::Part) -> Option<UserCall> {
+        None
+    }
+    /// The endpoint paths (as attempts record them) of every call [`Partner::user_call`]
+    /// names, with their family and kind.
+    fn user_call_endpoints(&self) -> &'static [(&'static str, window::Family, window::Kind)] {
+        &[]
+    }
 }
 
 /// What a batch came to, for the dispatcher loop.
@@ -174,6 +189,14 @@ pub(crate) async fn process<P: Partner>(
     if !dry_run {
         once::skip_repeats(ctx.pool, partner, &mut jobs).await?;
     }
+    // Jobs that would mix single-user and bulk calls for a user within the window: not sent in
+    // this batch (a dry run sends nothing, so it holds nothing back).
+    let window = Duration::from_millis(ctx.settings.delivery.user_call_window_ms);
+    let holds = if dry_run {
+        Vec::new()
+    } else {
+        window::hold_back(ctx.pool, partner, &jobs, window).await?
+    };
     // What needs no request is settled at once.
     settle(ctx, partner, &settles, NO_ENDPOINT).await?;
 
@@ -197,6 +220,20 @@ pub(crate) async fn process<P: Partner>(
         .filter(|&j| jobs[j].parts.is_empty())
         .collect();
     run.settle_jobs(&empty, NO_ENDPOINT).await?;
+    // Held back by a recorded call: settled now. Held back by an older job of this batch:
+    // settled with what is left once the rounds are done, so that the window starts after
+    // that job's requests.
+    let mut held_now = Vec::new();
+    {
+        let mut book = run.book();
+        for (j, hold) in holds {
+            if matches!(hold, window::Hold::Now(..)) {
+                held_now.push(j);
+            }
+            book.stopped[j] = Some(hold.next(window));
+        }
+    }
+    run.settle_jobs(&held_now, NO_ENDPOINT).await?;
     // Rate limits and slow answers can make a batch outlast its lease: renew it meanwhile.
     tokio::select! {
         done = run.rounds() => done?,
@@ -290,7 +327,13 @@ impl<P: Partner> Run<'_, P> {
     /// while the lease surely holds, however long the rest of the batch takes.
     async fn rounds(&self) -> Result<(), DeliveryError> {
         let jobs = self.jobs;
-        let mut alive: Vec<usize> = (0..jobs.len()).collect();
+        // Jobs stopped before any round (held back) send nothing.
+        let mut alive: Vec<usize> = {
+            let book = self.book();
+            (0..jobs.len())
+                .filter(|&j| book.stopped[j].is_none())
+                .collect()
+        };
         let mut round = 0;
         while !alive.is_empty() {
             let Round { requests, refused } = self.partner.requests(jobs, &alive, round);
@@ -504,7 +547,7 @@ impl<P: Partner> Run<'_, P> {
                         Next::Release,
                         "not sent: its rate-limit token would come after the lease could safely hold",
                     ),
-                    None => self.send(request).await?,
+                    None => self.send(request, round).await?,
                 }
             }
         };
@@ -557,8 +600,9 @@ impl<P: Partner> Run<'_, P> {
         None
     }
 
-    /// Sends one request (or, in dry-run mode, does not), reads the answer, records the attempt.
-    async fn send(&self, request: &Request) -> Result<Unsent, DeliveryError> {
+    /// Sends one request of round `round` (or, in dry-run mode, does not), reads the answer,
+    /// records the attempt.
+    async fn send(&self, request: &Request, round: usize) -> Result<Unsent, DeliveryError> {
         let (pool, clients) = (self.ctx.pool, self.ctx.clients);
         let connection = self.partner.connection();
         let direction = self.partner.direction();
@@ -593,6 +637,18 @@ impl<P: Partner> Run<'_, P> {
             .map(|m| self.jobs[m.job].event.attempts)
             .max()
             .unwrap_or(1);
+        // The users of its single or bulk calls: what later batches are held back by.
+        let user_hashes = if self.dry_run {
+            None
+        } else {
+            window::hashes(
+                self.partner,
+                request
+                    .members
+                    .iter()
+                    .filter_map(|m| self.jobs[m.job].parts.get(round)),
+            )
+        };
         store::record_attempt(
             pool,
             &Attempt {
@@ -612,6 +668,7 @@ impl<P: Partner> Run<'_, P> {
                 outcome: verdicts.outcome,
                 error: verdicts.error.as_deref(),
                 event_ids: &event_ids,
+                user_hashes: user_hashes.as_deref(),
             },
         )
         .await?;

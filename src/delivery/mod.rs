@@ -11,6 +11,8 @@
 //!   when (pure).
 //! * [`limiter`]: requests per second per (connection, endpoint), shared through PostgreSQL.
 //! * [`lease`]: a batch's lease and its renewals; [`store`]: the SQL.
+//! * [`once`]: requests sent at most once per window; [`window`]: single-user and bulk calls
+//!   never mixed for one user within `delivery.user_call_window_ms`.
 
 mod answer;
 pub mod engine;
@@ -22,6 +24,7 @@ mod once;
 pub mod retry;
 pub mod segment;
 pub mod store;
+pub mod window;
 pub mod worker;
 
 use crate::configuration::{DeliverySettings, Settings};

@@ -6,8 +6,10 @@
 mod bulk;
 mod endpoints;
 mod engine;
+mod fairness;
 mod ordering;
 mod retries;
+mod window;
 
 use gateway::audit::writer::write_group;
 use gateway::audit::{Direction, EventState, InboundRecord, NewEvent};

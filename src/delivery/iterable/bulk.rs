@@ -9,7 +9,15 @@
 //! the other actions (and a mapping that sets `enable_batching` to false) are sent one by one,
 //! as `perform` builds them. Like Segment's `performBatch`, a bulk item is not checked for an
 //! identity: Iterable names the items it refuses in its answer (`failedUpdates`).
+//!
+//! One event makes calls of one kind per family (`delivery::window`): when it also makes a
+//! single-user call of a family (an identify's `users/updateSubscriptions` with its
+//! `users/bulkUpdate` item; a trackEvent subscription with `enable_batching: false` beside a
+//! batching one), its bulk parts of that family are sent as `perform` builds them, one request
+//! each, as with `enable_batching: false`. Iterable asks to use only one kind for a user in a
+//! short period; waiting between the event's own requests instead would hold up the batch.
 
+use crate::delivery::window::{Family, Kind};
 use crate::iterable::api::Endpoint;
 use crate::mapping::{
     js, page, Action, ActionError, Destination, Mode, Outcome, PlannedRequest, Subscription,
@@ -31,6 +39,85 @@ pub enum Part {
     /// An item of a bulk request (`performBatch`).
     Bulk(BulkItem),
 }
+
+impl Part {
+    /// The family and kind of call it is, if it is one Iterable processes apart from the other
+    /// kind (`delivery::window`).
+    pub fn user_call(&self) -> Option<(Family, Kind)> {
+        match self {
+            Part::Single(r) => user_call(r.endpoint),
+            Part::Bulk(item) => match item.action {
+                Action::UpdateUser => user_call(Endpoint::UsersBulkUpdate),
+                Action::TrackEvent => user_call(Endpoint::EventsTrackBulk),
+                _ => None,
+            },
+        }
+    }
+
+    /// The users it names as Iterable finds them: `email:<email>` (trimmed, lower-cased) and
+    /// `userId:<id>`, from `email`, `userId` and updateEmail's `currentEmail`, `newEmail`,
+    /// `currentUserId`.
+    pub fn identities(&self) -> Vec<String> {
+        let body = match self {
+            Part::Single(r) => r.body.as_object(),
+            Part::Bulk(item) => Some(&item.payload),
+        };
+        let Some(body) = body else {
+            return Vec::new();
+        };
+        const KEYS: [(&str, &str); 5] = [
+            ("email", "email"),
+            ("userId", "userId"),
+            ("currentEmail", "email"),
+            ("newEmail", "email"),
+            ("currentUserId", "userId"),
+        ];
+        let mut out: Vec<String> = KEYS
+            .iter()
+            .filter_map(|(key, kind)| {
+                let raw = body.get(*key)?.as_str()?;
+                let v = raw.trim();
+                match *kind {
+                    _ if v.is_empty() => None,
+                    "email" => Some(format!("email:{}", v.to_lowercase())),
+                    _ => Some(format!("userId:{raw}")),
+                }
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// The family and kind of call an endpoint is (`delivery::window`): Iterable's
+/// `users/bulkUpdate` against `users/update`, `users/updateEmail`, `users/updateSubscriptions`;
+/// `events/trackBulk` against `events/track`.
+pub fn user_call(endpoint: Endpoint) -> Option<(Family, Kind)> {
+    match endpoint {
+        Endpoint::UsersUpdate | Endpoint::UsersUpdateEmail | Endpoint::UsersUpdateSubscriptions => {
+            Some((Family::Profile, Kind::Single))
+        }
+        Endpoint::UsersBulkUpdate => Some((Family::Profile, Kind::Bulk)),
+        Endpoint::EventsTrack => Some((Family::Events, Kind::Single)),
+        Endpoint::EventsTrackBulk => Some((Family::Events, Kind::Bulk)),
+        _ => None,
+    }
+}
+
+/// The endpoints [`user_call`] names, as paths.
+pub const USER_CALL_ENDPOINTS: [(&str, Family, Kind); 6] = [
+    ("/api/users/update", Family::Profile, Kind::Single),
+    ("/api/users/updateEmail", Family::Profile, Kind::Single),
+    (
+        "/api/users/updateSubscriptions",
+        Family::Profile,
+        Kind::Single,
+    ),
+    ("/api/users/bulkUpdate", Family::Profile, Kind::Bulk),
+    ("/api/events/track", Family::Events, Kind::Single),
+    ("/api/events/trackBulk", Family::Events, Kind::Bulk),
+];
 
 /// A payload prepared for `performBatch`, with what groups it with others.
 #[derive(Debug, Clone)]
@@ -69,8 +156,39 @@ pub struct EventPlan {
     pub skipped: Vec<String>,
 }
 
-/// Plans one event through every matching subscription of `dest`.
+/// Plans one event through every matching subscription of `dest`, with one kind of call per
+/// family (see the module).
 pub fn plan_event(dest: &Destination, event: &SegmentEvent, now_ms: i64) -> EventPlan {
+    let plan = plan_with(dest, event, now_ms, &[]);
+    let mixed: Vec<Family> = [Family::Profile, Family::Events]
+        .into_iter()
+        .filter(|f| {
+            let kinds = |k| plan.parts.iter().any(|p| p.user_call() == Some((*f, k)));
+            kinds(Kind::Single) && kinds(Kind::Bulk)
+        })
+        .collect();
+    if mixed.is_empty() {
+        return plan;
+    }
+    let unbatched: Vec<Action> = [
+        (Action::UpdateUser, Family::Profile),
+        (Action::TrackEvent, Family::Events),
+    ]
+    .into_iter()
+    .filter(|(_, f)| mixed.contains(f))
+    .map(|(a, _)| a)
+    .collect();
+    plan_with(dest, event, now_ms, &unbatched)
+}
+
+/// [`plan_event`], with the subscriptions of the `unbatched` actions planned as `perform`
+/// plans them even when they batch.
+fn plan_with(
+    dest: &Destination,
+    event: &SegmentEvent,
+    now_ms: i64,
+    unbatched: &[Action],
+) -> EventPlan {
     let mut plan = EventPlan::default();
     // A `delete` message is its user's deletion whatever the subscriptions
     // (`actions::delete_user`): one request of its own, never in a bulk request.
@@ -115,7 +233,7 @@ pub fn plan_event(dest: &Destination, event: &SegmentEvent, now_ms: i64) -> Even
         }
     };
     for (k, &(index, sub)) in matching.iter().enumerate() {
-        if !sub.action.batches() {
+        if !sub.action.batches() || unbatched.contains(&sub.action) {
             single(k, &mut plan);
             continue;
         }
@@ -322,6 +440,84 @@ mod tests {
             built.requests[0].wire,
             js::to_json_string(&built.requests[0].request.body)
         );
+    }
+
+    #[test]
+    fn an_event_with_a_single_user_profile_call_sends_its_profile_update_single_too() {
+        let d = Destination::from_settings(&json!({"apiKey": "k", "updateSubscriptions": true}))
+            .unwrap();
+        type Shape = Vec<(Option<(Family, Kind)>, Vec<String>)>;
+        let shape = |e: Value| -> Shape {
+            plan_event(&d, &event(e), 0)
+                .parts
+                .iter()
+                .map(|p| (p.user_call(), p.identities()))
+                .collect()
+        };
+        let who = vec!["email:ann@example.com".to_string(), "userId:u-1".into()];
+        // With subscription traits: users/update and users/updateSubscriptions, no bulkUpdate.
+        let with_lists = shape(json!({"type": "identify", "userId": "u-1",
+            "traits": {"email": "Ann@Example.com", "emailListIds": [12]}}));
+        assert_eq!(
+            with_lists,
+            [
+                (Some((Family::Profile, Kind::Single)), who.clone()),
+                (
+                    Some((Family::Profile, Kind::Single)),
+                    vec!["userId:u-1".to_string()]
+                )
+            ]
+        );
+        let plan = plan_event(
+            &d,
+            &event(json!({"type": "identify", "userId": "u-1",
+                "traits": {"email": "ann@example.com", "emailListIds": [12]}})),
+            0,
+        );
+        match &plan.parts[0] {
+            Part::Single(r) => assert_eq!(r.endpoint, Endpoint::UsersUpdate),
+            other => panic!("{other:?}"),
+        }
+        // Without: the bulk item, as before.
+        let plain = shape(json!({"type": "identify", "userId": "u-1",
+            "traits": {"email": "ann@example.com"}}));
+        assert_eq!(plain, [(Some((Family::Profile, Kind::Bulk)), who)]);
+        // Tracks are another family: they stay in bulk.
+        let track = shape(json!({"type": "track", "event": "A", "userId": "u-1"}));
+        assert_eq!(track[0].0, Some((Family::Events, Kind::Bulk)));
+    }
+
+    #[test]
+    fn the_user_call_endpoints_are_the_paths_of_the_endpoints_user_call_names() {
+        use Endpoint::*;
+        let all = [
+            UsersUpdate,
+            UsersUpdateEmail,
+            UsersBulkUpdate,
+            EventsTrack,
+            EventsTrackBulk,
+            CommerceUpdateCart,
+            CommerceTrackPurchase,
+            ListsSubscribe,
+            ListsUnsubscribe,
+            UsersRegisterDeviceToken,
+            UsersRegisterBrowserToken,
+            UsersUpdateSubscriptions,
+            Lists,
+            Webhooks,
+            UsersDelete,
+            UsersDeleteByUserId,
+            UsersForget,
+            UsersUnforget,
+        ];
+        let mut named: Vec<(&str, Family, Kind)> = all
+            .iter()
+            .filter_map(|e| user_call(*e).map(|(f, k)| (e.path(), f, k)))
+            .collect();
+        let mut table = USER_CALL_ENDPOINTS.to_vec();
+        named.sort();
+        table.sort();
+        assert_eq!(named, table);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub use bulk::{MAX_BULK_BYTES, MAX_BULK_ITEMS};
 
 use super::engine::{Job, Member, Partner, Planned, Request, Round};
 use super::store::{Claimed, Next, Settle};
+use super::window::{Family, Kind, UserCall};
 use super::Compiled;
 use crate::audit::{redact, Direction};
 use crate::configuration::{secret, Settings};
@@ -244,6 +245,20 @@ impl Partner for Iterable {
 
     fn refused(&self, request: &Request, answer: &Value) -> Vec<(usize, String)> {
         answer::refused(&request.members, answer)
+    }
+
+    /// Profile and event calls, single or bulk (`bulk::user_call`), with the users they name.
+    fn user_call(&self, part: &Part) -> Option<UserCall> {
+        let (family, kind) = part.user_call()?;
+        Some(UserCall {
+            family,
+            kind,
+            identities: part.identities(),
+        })
+    }
+
+    fn user_call_endpoints(&self) -> &'static [(&'static str, Family, Kind)] {
+        &bulk::USER_CALL_ENDPOINTS
     }
 
     /// Token registrations are sent once per window (`Destination::once_key`).

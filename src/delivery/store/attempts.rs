@@ -59,6 +59,9 @@ pub struct Attempt<'a> {
     pub outcome: AttemptOutcome,
     pub error: Option<&'a str>,
     pub event_ids: &'a [i64],
+    /// Hashes of the users a single or bulk call of `delivery::window` named (`None`: another
+    /// kind of request, or a dry run).
+    pub user_hashes: Option<&'a [i64]>,
 }
 
 /// Records one outbound attempt.
@@ -66,8 +69,8 @@ pub async fn record_attempt(pool: &PgPool, a: &Attempt<'_>) -> Result<(), sqlx::
     sqlx::query(
         "INSERT INTO delivery_attempt (connection, direction, endpoint, method, url, request_headers,
              request_body, attempt, dry_run, status, response_headers, response_body, duration_ms,
-             outcome, error, event_ids)
-         VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             outcome, error, event_ids, user_hashes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(a.connection)
     .bind(a.direction.as_str())
@@ -85,6 +88,7 @@ pub async fn record_attempt(pool: &PgPool, a: &Attempt<'_>) -> Result<(), sqlx::
     .bind(a.outcome.as_str())
     .bind(a.error.map(pg_text))
     .bind(a.event_ids)
+    .bind(a.user_hashes)
     .execute(pool)
     .await?;
     Ok(())

@@ -212,6 +212,10 @@ pub enum Next {
     /// The partner refused the connection's credentials: back to pending, the attempt given
     /// back, until the connection resumes.
     Pause,
+    /// Not sent: a call of the other kind (single or bulk) went to one of its users within
+    /// `delivery.user_call_window_ms` (`delivery::window`). Released as [`Next::Release`] is,
+    /// but due after the delay.
+    Hold(Duration),
 }
 
 impl Next {
@@ -224,7 +228,8 @@ impl Next {
             Next::Dead => "dead",
             Next::Skipped => "skipped",
             Next::DryRun => "dry_run",
-            Next::Release => "release",
+            // A release with a delay: the settle statement treats both alike.
+            Next::Release | Next::Hold(_) => "release",
             Next::Pause => "pause",
         }
     }
@@ -232,7 +237,7 @@ impl Next {
     /// The state the event ends up in.
     pub fn state(self) -> &'static str {
         match self {
-            Next::Retry(_) | Next::Split | Next::Release | Next::Pause => "pending",
+            Next::Retry(_) | Next::Split | Next::Release | Next::Pause | Next::Hold(_) => "pending",
             other => other.kind(),
         }
     }
@@ -275,7 +280,7 @@ pub async fn settle(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u6
         return Ok(0);
     }
     let delay_ms = |n: Next| match n {
-        Next::Retry(d) => d.as_secs_f64() * 1000.0,
+        Next::Retry(d) | Next::Hold(d) => d.as_secs_f64() * 1000.0,
         _ => 0.0,
     };
     let done: i64 = sqlx::query_scalar(

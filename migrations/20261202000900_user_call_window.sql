@@ -1,0 +1,11 @@
+-- Single and bulk calls are not mixed for one user within delivery.user_call_window_ms (issue 9,
+-- src/delivery/window.rs). Iterable processes users/bulkUpdate apart from users/update,
+-- users/updateEmail and users/updateSubscriptions, and events/trackBulk apart from events/track.
+--
+-- The memory of recent calls is the attempt log itself, shared by every dispatcher process: an
+-- attempt of one of those six endpoints records the 64-bit hashes (first 8 bytes of SHA-1) of
+-- the users it named ('email:<email>', 'userId:<id>'; no identity in clear). A dispatcher reads
+-- the attempts of the last window by the existing delivery_attempt_endpoint index
+-- (endpoint, attempted_at), one query per batch; no index of its own, nothing to clean up
+-- (the column goes with its daily partition). NULL for every other attempt and in dry runs.
+ALTER TABLE delivery_attempt ADD COLUMN IF NOT EXISTS user_hashes bigint[];
