@@ -267,6 +267,15 @@ async fn a_deletion_reaches_iterable_once_suppresses_the_user_and_leaves_no_trac
     assert_eq!(mentions(&app, USER).await, Vec::<String>::new());
     assert_eq!(mentions(&app, EMAIL).await, Vec::<String>::new());
     assert_eq!(mentions(&app, "anon-1").await, Vec::<String>::new());
+    // Nor in the hashes of whom each request named (the single/bulk window's memory).
+    let hashed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM delivery_attempt d JOIN event e ON e.id = ANY (d.event_ids)
+         WHERE e.user_key LIKE 'deleted:%' AND d.user_hashes IS NOT NULL",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(hashed, 0, "attempts of the deleted user keep user_hashes");
     let kept = mentions(&app, OTHER).await;
     for table in [
         "inbound_request.events_body",
