@@ -137,6 +137,7 @@ async fn insert(pool: &PgPool, connection: &str, events: Vec<Value>) {
             body_size: 2,
             body_truncated: false,
             events,
+            sealed: None,
         };
         write_group(pool, &[&record]).await.unwrap();
     }

@@ -4,6 +4,7 @@
 pub mod health;
 pub mod queries;
 pub mod redact;
+pub mod sealed;
 pub mod storable;
 pub mod writer;
 
@@ -92,4 +93,7 @@ pub struct InboundRecord {
     /// Whether `body` is only the first bytes of what was received.
     pub body_truncated: bool,
     pub events: Vec<NewEvent>,
+    /// The events' payloads serialised once ([`InboundRecord::seal`]); until then the writer
+    /// serialises them itself.
+    pub sealed: Option<sealed::SealedEvents>,
 }

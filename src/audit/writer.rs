@@ -23,10 +23,11 @@
 //! refused (400 `unstorable`, the database's reason) and its events are not stored.
 
 use super::health::DatabaseHealth;
+use super::sealed::SealedEvents;
 use super::{Direction, EventState, InboundRecord};
-use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::PgPool;
+use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -146,7 +147,9 @@ impl GroupCommitter {
     /// (or refused for their data, and that refusal durable). An error means the client gets
     /// 503: nothing of the request is recorded as accepted, and it is recorded as a 503 once
     /// the database can take it.
-    pub async fn commit(&self, record: InboundRecord, deadline: Instant) -> Reply {
+    pub async fn commit(&self, mut record: InboundRecord, deadline: Instant) -> Reply {
+        // In the request's task: the writer, one at a time per group, then only copies bytes.
+        record.seal();
         if !self.health.is_up() {
             self.backlog.push(record, "the database was down");
             return Err(CommitError::Unavailable("the database is down".into()));
@@ -474,6 +477,7 @@ async fn write_refusal(
         body_size: record.body_size,
         body_truncated: record.body_truncated,
         events: Vec::new(),
+        sealed: None,
     };
     let mut ids = Vec::new();
     match write_group_ids(pool, &[&refused], &mut ids).await {
@@ -695,6 +699,7 @@ async fn flush(pool: &PgPool, backlog: &Backlog) {
                 body_size: 0,
                 body_truncated: false,
                 events: Vec::new(),
+                sealed: None,
             });
         }
         let refs: Vec<&InboundRecord> = records.iter().collect();
@@ -744,9 +749,12 @@ async fn write_group_ids(
     let ids: &[i64] = ids;
     // Each request's events, as normalised, once: one blob of JSON lines beside its raw body
     // (migration 20261202000800); the event rows say where their line is.
-    let blobs: Vec<EventsBody> = records
+    let blobs: Vec<Cow<SealedEvents>> = records
         .iter()
-        .map(|r| EventsBody::of(&r.events))
+        .map(|r| match &r.sealed {
+            Some(s) => Ok(Cow::Borrowed(s)),
+            None => SealedEvents::of(&r.events).map(Cow::Owned),
+        })
         .collect::<Result<_, _>>()
         .map_err(|why| sqlx::Error::Encode(why.into()))?;
 
@@ -771,7 +779,7 @@ async fn write_group_ids(
     .bind(records.iter().map(|r| r.events.len() as i32).collect::<Vec<_>>())
     .bind(records.iter().map(|r| r.body_size as i64).collect::<Vec<_>>())
     .bind(records.iter().map(|r| r.body_truncated).collect::<Vec<_>>())
-    .bind(blobs.iter().map(EventsBody::bytes).collect::<Vec<_>>())
+    .bind(blobs.iter().map(|b| b.bytes.as_deref()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
 
@@ -881,7 +889,7 @@ async fn write_group_ids(
             let (offset, length) = blobs[ri].lines[ei];
             at.push(offset);
             len.push(length);
-            email.push(event_email(&e.payload));
+            email.push(blobs[ri].emails[ei].as_deref());
             state.push(s.as_str());
             reason.push(why);
         }
@@ -913,71 +921,6 @@ async fn write_group_ids(
     Ok(())
 }
 
-/// A request's events as one blob of JSON lines, and where each line is (byte offset, length).
-struct EventsBody {
-    bytes: Option<Vec<u8>>,
-    lines: Vec<(i32, i32)>,
-}
-
-impl EventsBody {
-    /// Refused (as a value the database cannot hold, so the group commit isolates the request)
-    /// when an event holds U+0000, which `jsonb` cannot: every line must read back as `jsonb`.
-    /// Ingest refuses those before (`storable`); this keeps the writer's own promise.
-    fn of(events: &[super::NewEvent]) -> Result<EventsBody, String> {
-        if events.is_empty() {
-            return Ok(EventsBody {
-                bytes: None,
-                lines: Vec::new(),
-            });
-        }
-        let mut bytes = Vec::with_capacity(events.len() * 512);
-        let mut lines = Vec::with_capacity(events.len());
-        for e in events {
-            let start = bytes.len();
-            // A `Value` always serialises (its keys are strings).
-            serde_json::to_writer(&mut bytes, &e.payload).expect("a JSON value serialises");
-            // Offsets are int4 in the table; a request is at most max_batch_bytes (checked at
-            // start-up to be far below 2 GiB), and its normalised events about as large.
-            let line = &bytes[start..];
-            if super::storable::may_hold_nul(line) {
-                if let Some(path) = super::storable::find_nul(&e.payload) {
-                    return Err(format!(
-                        "{path} holds \\u0000 (U+0000): unsupported Unicode escape sequence for jsonb"
-                    ));
-                }
-            }
-            lines.push((start as i32, (bytes.len() - start) as i32));
-            bytes.push(b'\n');
-        }
-        Ok(EventsBody {
-            bytes: Some(bytes),
-            lines,
-        })
-    }
-
-    fn bytes(&self) -> Option<&[u8]> {
-        self.bytes.as_deref()
-    }
-}
-
-/// The email an event is about, as `gateway_event_email(payload)` reads it before lower-casing
-/// (which the INSERT does, so that it is PostgreSQL's lower()): the first of `email`,
-/// `traits.email`, `context.traits.email`, `properties.email` that is there and not null.
-fn event_email(payload: &Value) -> Option<String> {
-    [
-        "/email",
-        "/traits/email",
-        "/context/traits/email",
-        "/properties/email",
-    ]
-    .iter()
-    .find_map(|p| match payload.pointer(p) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => Some(other.to_string()),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -996,6 +939,7 @@ mod tests {
             body_size: body,
             body_truncated: false,
             events: Vec::new(),
+            sealed: None,
         }
     }
 

@@ -128,6 +128,7 @@ impl Ingest {
             body_truncated: body.truncated,
             body: bytes,
             events: Vec::new(),
+            sealed: None,
         };
         Audit {
             ingest: self,

@@ -26,6 +26,7 @@ fn record(body: &str) -> InboundRecord {
         body_size: body.len(),
         body_truncated: false,
         events: vec![],
+        sealed: None,
     }
 }
 

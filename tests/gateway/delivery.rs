@@ -155,6 +155,7 @@ impl Harness {
             body_size: 2,
             body_truncated: false,
             events,
+            sealed: None,
         };
         write_group(&self.pool, &[&record]).await.unwrap();
     }

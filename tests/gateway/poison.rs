@@ -151,6 +151,7 @@ fn record(i: usize, payload: Value, message_id: String) -> InboundRecord {
             state: EventState::Pending,
             state_reason: None,
         }],
+        sealed: None,
     }
 }
 

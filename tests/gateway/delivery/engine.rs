@@ -484,6 +484,7 @@ async fn insert_for_segment(h: &Harness, events: &[Value]) {
         body_size: 2,
         body_truncated: false,
         events,
+        sealed: None,
     };
     write_group(&h.pool, &[&record]).await.unwrap();
 }
