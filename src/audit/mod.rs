@@ -26,6 +26,25 @@ impl Direction {
     }
 }
 
+/// The key under which `message_seen` remembers a (connection, direction, messageId): the first
+/// 16 bytes of SHA-256 over `direction:chars(connection):connection:messageId`. The same as the
+/// SQL `gateway_message_key` (migration 20261202000810, a test holds them equal), computed here
+/// so that the serial group-commit writer does not run a SQL function per event in PostgreSQL.
+pub fn message_key(connection: &str, direction: Direction, message_id: &str) -> uuid::Uuid {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(direction.as_str());
+    // PostgreSQL's length() counts characters, not bytes.
+    hash.update(format!(":{}:", connection.chars().count()));
+    hash.update(connection);
+    hash.update(":");
+    hash.update(message_id);
+    let digest = hash.finalize();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    uuid::Uuid::from_bytes(key)
+}
+
 /// The one state every event is in (the `event.state` column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventState {

@@ -24,7 +24,7 @@
 
 use super::health::DatabaseHealth;
 use super::sealed::SealedEvents;
-use super::{Direction, EventState, InboundRecord};
+use super::{message_key, Direction, EventState, InboundRecord};
 use sqlx::types::Json;
 use sqlx::PgPool;
 use std::borrow::Cow;
@@ -805,23 +805,20 @@ async fn write_group_ids(
     let fresh: HashSet<(usize, usize)> = if candidates.is_empty() {
         HashSet::new()
     } else {
-        let conn: Vec<&str> = candidates
+        let keys: Vec<uuid::Uuid> = candidates
             .iter()
-            .map(|(r, _)| records[*r].connection.as_deref().unwrap_or(""))
-            .collect();
-        let dir: Vec<&str> = candidates
-            .iter()
-            .map(|(r, _)| records[*r].direction.as_str())
-            .collect();
-        let mid: Vec<&str> = candidates
-            .iter()
-            .map(|(r, e)| records[*r].events[*e].message_id.as_str())
+            .map(|(r, e)| {
+                let r = records[*r];
+                message_key(
+                    r.connection.as_deref().unwrap_or(""),
+                    r.direction,
+                    &r.events[*e].message_id,
+                )
+            })
             .collect();
         // Candidates are distinct keys, so each inserted row joins back to exactly one.
         sqlx::query_scalar::<_, i64>(
-            "WITH input AS (
-                 SELECT gateway_message_key(c, d, m) AS key, n
-                 FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(c, d, m, n)),
+            "WITH input AS (SELECT key, n FROM UNNEST($1::uuid[]) WITH ORDINALITY AS t(key, n)),
              inserted AS (
                  INSERT INTO message_seen (key)
                  SELECT key FROM input
@@ -829,9 +826,7 @@ async fn write_group_ids(
                  RETURNING key)
              SELECT input.n FROM input JOIN inserted USING (key)",
         )
-        .bind(&conn)
-        .bind(&dir)
-        .bind(&mid)
+        .bind(&keys)
         .fetch_all(&mut *tx)
         .await?
         .into_iter()

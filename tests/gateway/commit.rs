@@ -142,3 +142,36 @@ async fn a_commit_that_lands_after_its_503_is_recorded_as_503_and_a_full_queue_t
         "{statuses:?}"
     );
 }
+
+#[tokio::test]
+async fn the_writers_message_key_is_the_one_sql_computes() {
+    // The group commit hashes (connection, direction, messageId) itself; settles, retention
+    // and deletions compute the same key in SQL (gateway_message_key). Both must agree, or a
+    // duplicate gets through and a dry-run settle fails to give its messageId back.
+    let (pool, _db) = fresh_database().await;
+    gateway::database::migrate(&pool).await.unwrap();
+    let cases = [
+        ("shop", Direction::SegmentToIterable, "m-1"),
+        ("shop", Direction::IterableToSegment, "m-1"),
+        ("", Direction::SegmentToIterable, ""),
+        // Characters, not bytes, are counted in the connection's length.
+        ("bäckerei", Direction::SegmentToIterable, "ÿ-ünïcode-😀"),
+        ("a:1", Direction::SegmentToIterable, "b"),
+        ("a", Direction::SegmentToIterable, "1:b"),
+    ];
+    for (connection, direction, message_id) in cases {
+        let sql: uuid::Uuid = sqlx::query_scalar("SELECT gateway_message_key($1, $2, $3)")
+            .bind(connection)
+            .bind(direction.as_str())
+            .bind(message_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let rust = gateway::audit::message_key(connection, direction, message_id);
+        assert_eq!(rust, sql, "{connection:?} {direction:?} {message_id:?}");
+    }
+    assert_ne!(
+        gateway::audit::message_key("a:1", Direction::SegmentToIterable, "b"),
+        gateway::audit::message_key("a", Direction::SegmentToIterable, "1:b"),
+    );
+}

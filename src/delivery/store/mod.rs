@@ -88,7 +88,10 @@ pub async fn claim(
                    SELECT 1 FROM event older
                    WHERE older.connection = e.connection AND older.direction = e.direction
                      AND older.user_key = e.user_key
-                     AND older.state = 'pending' AND older.id < e.id)
+                     AND older.state = 'pending' AND older.id < e.id
+                     -- An older id is never received a day later: this lets the probe skip
+                     -- the partitions of the days ahead (created in advance, empty).
+                     AND older.received_at <= e.received_at + interval '1 day')
                AND ($6 OR NOT EXISTS (
                    SELECT 1 FROM connection_pause p WHERE p.connection = $2 AND p.direction = $1))
                AND (NOT $7 OR NOT EXISTS (
@@ -275,6 +278,10 @@ impl Settle {
 /// row whose lease ran out and was claimed by another dispatcher is left alone: that
 /// dispatcher's outcome is the one recorded. An event settled `dry_run` gives its messageId
 /// back (`message_seen`), so that live delivery of the same message is not a duplicate.
+///
+/// Settles and renewals name the range of their events' `received_at` besides each row's own,
+/// so that PostgreSQL reads only the day partitions in it (one, mostly) rather than probing
+/// each of them for every row.
 pub async fn settle(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u64, sqlx::Error> {
     if settles.is_empty() {
         return Ok(0);
@@ -299,6 +306,7 @@ pub async fn settle(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u6
              FROM UNNEST($2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
                          $7::float8[]) AS s(id, received_at, kind, reason, action, delay_ms)
              WHERE e.id = s.id AND e.received_at = s.received_at
+               AND e.received_at BETWEEN $8 AND $9
                AND e.state = 'pending' AND e.lease_owner = $1
              RETURNING e.connection, e.direction, e.message_id, e.state),
          released AS (
@@ -324,6 +332,8 @@ pub async fn settle(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u6
             .collect::<Vec<_>>(),
     )
     .bind(settles.iter().map(|s| delay_ms(s.next)).collect::<Vec<_>>())
+    .bind(settles.iter().map(|s| s.received_at).min())
+    .bind(settles.iter().map(|s| s.received_at).max())
     .fetch_one(pool)
     .await?;
     Ok(done as u64)
@@ -340,12 +350,15 @@ pub async fn extend_lease(
         "UPDATE event e SET lease_until = now() + make_interval(secs => $4)
          FROM UNNEST($2::bigint[], $3::timestamptz[]) AS s(id, received_at)
          WHERE e.id = s.id AND e.received_at = s.received_at
+           AND e.received_at BETWEEN $5 AND $6
            AND e.state = 'pending' AND e.lease_owner = $1",
     )
     .bind(owner)
     .bind(events.iter().map(|e| e.0).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.1).collect::<Vec<_>>())
     .bind(lease.as_secs_f64())
+    .bind(events.iter().map(|e| e.1).min())
+    .bind(events.iter().map(|e| e.1).max())
     .execute(pool)
     .await?;
     Ok(done.rows_affected())

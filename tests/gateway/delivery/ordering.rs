@@ -227,3 +227,51 @@ async fn the_worker_loop_delivers_until_cancelled() {
         .expect("the workers stop when cancelled")
         .unwrap();
 }
+
+#[tokio::test]
+async fn claims_and_lease_renewals_update_the_outbox_in_place() {
+    // Arrange: one backend for the claim and the statistics, so they can be flushed and read
+    // right after (PostgreSQL 15 counts HOT updates per backend and publishes them later).
+    let h = Harness::start().await;
+    let events: Vec<Value> = (0..50)
+        .map(|i| track(&format!("m-{i}"), &format!("u-{i}"), "Step"))
+        .collect();
+    h.insert(&events).await;
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*h.pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let counts = |pool: sqlx::PgPool| async move {
+        sqlx::query("SELECT pg_stat_force_next_flush()")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT sum(n_tup_upd)::bigint, sum(n_tup_hot_upd)::bigint FROM pg_stat_user_tables
+             WHERE relid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'event'::regclass)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let (updated_before, hot_before) = counts(one.clone()).await;
+
+    // Act: a claim of three events, then a renewal of their lease. (Few: an in-place update
+    // needs room on the row's page for the new version, and the outbox's pages keep 30 % free.)
+    let claimed = store::claim(&one, scope(), "me", 3, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let held: Vec<_> = claimed.iter().map(|c| (c.id, c.received_at)).collect();
+    let renewed = store::extend_lease(&one, "me", &held, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    // Assert: six row updates, all of them in place: no new entry in any index of the
+    // outbox (an index on a column a claim sets would make each claim an insert into every
+    // index).
+    assert_eq!((claimed.len(), renewed), (3, 3));
+    let (updated, hot) = counts(one).await;
+    assert_eq!(updated - updated_before, 6);
+    assert_eq!(hot - hot_before, 6, "claims and renewals were not HOT");
+}
