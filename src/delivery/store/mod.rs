@@ -77,48 +77,66 @@ pub async fn claim(
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, ClaimedRow>(
-        "WITH due AS (
-             SELECT e.id, e.received_at FROM event e
-             WHERE e.connection = $2 AND e.direction = $1
-               AND e.state = 'pending'
-               AND e.next_attempt_at <= now()
-               AND (e.lease_until IS NULL OR e.lease_until < now())
-               AND NOT EXISTS (
-                   SELECT 1 FROM event older
-                   WHERE older.connection = e.connection AND older.direction = e.direction
-                     AND older.user_key = e.user_key
-                     AND older.state = 'pending' AND older.id < e.id
-                     -- An older id is never received a day later: this lets the probe skip
-                     -- the partitions of the days ahead (created in advance, empty).
-                     AND older.received_at <= e.received_at + interval '1 day')
-               AND ($6 OR NOT EXISTS (
-                   SELECT 1 FROM connection_pause p WHERE p.connection = $2 AND p.direction = $1))
-               AND (NOT $7 OR NOT EXISTS (
-                   SELECT 1 FROM dispatcher_mode m
-                   WHERE m.connection = $2 AND m.mode = 'live' AND m.alive_until > now()))
-             ORDER BY e.id
-             LIMIT $4
-             FOR UPDATE OF e SKIP LOCKED)
-         UPDATE event e
-         SET lease_until = now() + make_interval(secs => $5),
-             lease_owner = $3, attempts = e.attempts + 1, updated_at = now()
-         FROM due
-         WHERE e.id = due.id AND e.received_at = due.received_at
-         RETURNING e.id, e.received_at, e.connection, e.message_id, e.user_key, e.payload,
-                   e.request_id, e.payload_at, e.payload_len, e.attempts, e.solo",
+    // Two statements in one transaction rather than one `UPDATE … FROM (SELECT … FOR UPDATE)`:
+    // planned once per connection (generic plans, `database::connect`), the single statement
+    // joined the due rows back by sorting a whole day's partition (measured: 67 of a claim's
+    // 144 ms), whereas an update by the given keys reads only their rows, as settles do.
+    let mut tx = pool.begin().await?;
+    let due: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT e.id, e.received_at FROM event e
+         WHERE e.connection = $2 AND e.direction = $1
+           AND e.state = 'pending'
+           AND e.next_attempt_at <= now()
+           AND (e.lease_until IS NULL OR e.lease_until < now())
+           AND NOT EXISTS (
+               SELECT 1 FROM event older
+               WHERE older.connection = e.connection AND older.direction = e.direction
+                 AND older.user_key = e.user_key
+                 AND older.state = 'pending' AND older.id < e.id
+                 -- An older id is never received a day later: this lets the probe skip the
+                 -- partitions of the days ahead (created in advance, empty).
+                 AND older.received_at <= e.received_at + interval '1 day')
+           AND ($4 OR NOT EXISTS (
+               SELECT 1 FROM connection_pause p WHERE p.connection = $2 AND p.direction = $1))
+           AND (NOT $5 OR NOT EXISTS (
+               SELECT 1 FROM dispatcher_mode m
+               WHERE m.connection = $2 AND m.mode = 'live' AND m.alive_until > now()))
+         ORDER BY e.id
+         LIMIT $3
+         FOR UPDATE OF e SKIP LOCKED",
     )
     .bind(scope.direction.as_str())
     .bind(scope.connection)
-    .bind(owner)
     .bind(limit)
-    .bind(lease.as_secs_f64())
     .bind(scope.probe)
     .bind(scope.dry_run)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    if due.is_empty() {
+        tx.commit().await?;
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query_as::<_, ClaimedRow>(
+        "UPDATE event e
+         SET lease_until = now() + make_interval(secs => $4),
+             lease_owner = $3, attempts = e.attempts + 1, updated_at = now()
+         FROM UNNEST($1::bigint[], $2::timestamptz[]) AS d(id, received_at)
+         WHERE e.id = d.id AND e.received_at = d.received_at
+           AND e.received_at BETWEEN $5 AND $6
+         RETURNING e.id, e.received_at, e.connection, e.message_id, e.user_key, e.payload,
+                   e.request_id, e.payload_at, e.payload_len, e.attempts, e.solo",
+    )
+    .bind(due.iter().map(|d| d.0).collect::<Vec<_>>())
+    .bind(due.iter().map(|d| d.1).collect::<Vec<_>>())
+    .bind(owner)
+    .bind(lease.as_secs_f64())
+    .bind(due.iter().map(|d| d.1).min())
+    .bind(due.iter().map(|d| d.1).max())
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
     let mut claimed = with_payloads(pool, rows).await?;
-    // RETURNING does not keep the CTE's order.
+    // RETURNING does not keep the claim's order.
     claimed.sort_by_key(|r| r.id);
     Ok(claimed)
 }
@@ -142,10 +160,12 @@ async fn with_payloads(pool: &PgPool, rows: Vec<ClaimedRow>) -> Result<Vec<Claim
             "SELECT q.id, q.received_at, q.events_body FROM inbound_request q
              JOIN UNNEST($1::bigint[], $2::timestamptz[]) AS w(id, at)
                ON q.id = w.id AND q.received_at = w.at
-             WHERE q.events_body IS NOT NULL",
+             WHERE q.events_body IS NOT NULL AND q.received_at BETWEEN $3 AND $4",
         )
         .bind(&ids)
         .bind(&ats)
+        .bind(ats.iter().min())
+        .bind(ats.iter().max())
         .fetch_all(pool)
         .await?
         .into_iter()
