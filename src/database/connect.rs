@@ -119,7 +119,6 @@ pub async fn pool(
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(timeout)
-        .after_connect(|conn, _| Box::pin(async move { generic_plans(conn).await }))
         .connect_with(target.options.clone())
         .await
         .map_err(|e| ConnectError {
@@ -131,19 +130,6 @@ pub async fn pool(
             ),
             cause: classify(&e, &target.options),
         })
-}
-
-/// Plans each prepared statement once per connection. The outbox is partitioned by day (and
-/// kept for the retention period), and planning a claim or a settle anew for every call, as
-/// PostgreSQL does for its first executions and whenever it judges a custom plan cheaper, opens
-/// every partition and its indexes: 6-10 ms of the database's CPU per statement, measured, and
-/// about a third of its time while dispatching 5,000 events/s. A generic plan still prunes
-/// partitions, when it starts, by the values it is given.
-async fn generic_plans(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SET plan_cache_mode = force_generic_plan")
-        .execute(conn)
-        .await
-        .map(|_| ())
 }
 
 fn classify(e: &sqlx::Error, options: &PgConnectOptions) -> Cause {

@@ -62,12 +62,16 @@ fn busiest(times: &[Instant], window: Duration) -> usize {
         .unwrap_or(0)
 }
 
-/// Asserts that no window of 1 s or 2 s saw more than `limit·W + burst + 1` requests.
+/// Asserts that no window of 1 s or 2 s saw more than `limit·W + burst + 1` requests, give or
+/// take the tokens of 50 ms: a request is counted here when it arrives, its token was taken
+/// just before it was sent, and on this shared machine the two can be tens of milliseconds
+/// apart (at 500/s, 50 ms is 25 requests; at 10/s, not one).
 fn assert_within(times: &[Instant], limit: u32, what: &str) {
     let burst = limit.max(1) as usize; // one second's worth (limiter::BURST_SECS)
+    let lag = (limit as usize).div_ceil(20);
     for secs in [1u64, 2] {
         let seen = busiest(times, Duration::from_secs(secs));
-        let bound = limit as usize * secs as usize + burst + 1;
+        let bound = limit as usize * secs as usize + burst + 1 + lag;
         assert!(
             seen <= bound,
             "{what}: {seen} requests in {secs} s, limit {limit}/s allows {bound}"
