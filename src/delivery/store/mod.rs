@@ -19,7 +19,7 @@ use crate::audit::Direction;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 /// An event claimed by a dispatcher.
@@ -119,16 +119,14 @@ pub async fn claim(
     }
     let rows = sqlx::query_as::<_, ClaimedRow>(
         "UPDATE event e
-         SET lease_until = now() + make_interval(secs => $4),
-             lease_owner = $3, attempts = e.attempts + 1, updated_at = now()
-         FROM UNNEST($1::bigint[], $2::timestamptz[]) AS d(id, received_at)
-         WHERE e.id = d.id AND e.received_at = d.received_at
-           AND e.received_at BETWEEN $5 AND $6
+         SET lease_until = now() + make_interval(secs => $3),
+             lease_owner = $2, attempts = e.attempts + 1, updated_at = now()
+         WHERE e.id = ANY ($1) AND e.received_at BETWEEN $4 AND $5
          RETURNING e.id, e.received_at, e.connection, e.message_id, e.user_key, e.payload,
                    e.request_id, e.payload_at, e.payload_len, e.attempts, e.solo",
     )
+    // Event ids are unique (one sequence), whatever the partition; the rows are locked.
     .bind(due.iter().map(|d| d.0).collect::<Vec<_>>())
-    .bind(due.iter().map(|d| d.1).collect::<Vec<_>>())
     .bind(owner)
     .bind(lease.as_secs_f64())
     .bind(due.iter().map(|d| d.1).min())
@@ -300,17 +298,86 @@ impl Settle {
 /// dispatcher's outcome is the one recorded. An event settled `dry_run` gives its messageId
 /// back (`message_seen`), so that live delivery of the same message is not a duplicate.
 ///
-/// Settles and renewals name the range of their events' `received_at` besides each row's own,
-/// so that PostgreSQL reads only the day partitions in it (one, mostly) rather than probing
-/// each of them for every row.
+/// Claims, settles and renewals find their rows by id, within the range of their
+/// `received_at`, so that PostgreSQL reads only the day partitions in it (one, mostly) and
+/// each row once through the primary key.
 pub async fn settle(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u64, sqlx::Error> {
     if settles.is_empty() {
         return Ok(0);
     }
-    let delay_ms = |n: Next| match n {
+    // The events of a batch mostly end alike (delivered, by the same action): one statement
+    // per outcome, whose rows are found by their ids alone. The one statement joining every
+    // event to its own outcome is planned as a loop over the whole list for each row when
+    // PostgreSQL expects the lease test to keep one row (measured: 156 ms for 500 events,
+    // against 6 ms by outcome); it remains for batches whose outcomes all differ (retries,
+    // each with its own delay and reason).
+    let mut alike: BTreeMap<(&str, Option<&str>, Option<&str>, u64), Vec<&Settle>> =
+        BTreeMap::new();
+    for s in settles {
+        let key = (
+            s.next.kind(),
+            s.reason.as_deref(),
+            s.action.as_deref(),
+            delay_ms(s.next).to_bits(),
+        );
+        alike.entry(key).or_default().push(s);
+    }
+    if alike.len() > SETTLE_STATEMENTS {
+        return settle_each(pool, owner, settles).await;
+    }
+    let mut done = 0;
+    for ((kind, reason, action, delay), group) in alike {
+        let n: i64 = sqlx::query_scalar(
+            "WITH settled AS (
+                 UPDATE event e
+                 SET state = CASE WHEN $2 IN ('retry', 'split', 'release', 'pause') THEN 'pending'
+                                  ELSE $2 END,
+                     state_reason = $3,
+                     action = COALESCE($4, e.action),
+                     next_attempt_at = CASE WHEN $2 IN ('retry', 'split', 'release', 'pause')
+                                            THEN now() + $5 * interval '1 millisecond'
+                                            ELSE e.next_attempt_at END,
+                     solo = e.solo OR $2 = 'split',
+                     attempts = e.attempts - ($2 IN ('split', 'release', 'pause'))::int,
+                     lease_until = NULL, lease_owner = NULL, updated_at = now()
+                 WHERE e.id = ANY ($6) AND e.received_at BETWEEN $7 AND $8
+                   AND e.state = 'pending' AND e.lease_owner = $1
+                 RETURNING e.connection, e.direction, e.message_id, e.state),
+             released AS (
+                 DELETE FROM message_seen m USING settled s
+                 WHERE s.state = 'dry_run'
+                   AND m.key = gateway_message_key(s.connection, s.direction, s.message_id))
+             SELECT count(*) FROM settled",
+        )
+        .bind(owner)
+        .bind(kind)
+        .bind(reason.map(|r| pg_text(r).into_owned()))
+        .bind(action)
+        .bind(f64::from_bits(delay))
+        // Event ids are unique (one sequence), whatever the partition.
+        .bind(group.iter().map(|s| s.id).collect::<Vec<_>>())
+        .bind(group.iter().map(|s| s.received_at).min())
+        .bind(group.iter().map(|s| s.received_at).max())
+        .fetch_one(pool)
+        .await?;
+        done += n as u64;
+    }
+    Ok(done)
+}
+
+/// Statements one [`settle`] may take, one per outcome, before it settles all in one.
+const SETTLE_STATEMENTS: usize = 8;
+
+/// The delay a transition back to pending waits, in milliseconds.
+fn delay_ms(n: Next) -> f64 {
+    match n {
         Next::Retry(d) | Next::Hold(d) => d.as_secs_f64() * 1000.0,
         _ => 0.0,
-    };
+    }
+}
+
+/// [`settle`] in one statement, each event joined to its own outcome.
+async fn settle_each(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u64, sqlx::Error> {
     let done: i64 = sqlx::query_scalar(
         "WITH settled AS (
              UPDATE event e
@@ -368,15 +435,12 @@ pub async fn extend_lease(
     lease: Duration,
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE event e SET lease_until = now() + make_interval(secs => $4)
-         FROM UNNEST($2::bigint[], $3::timestamptz[]) AS s(id, received_at)
-         WHERE e.id = s.id AND e.received_at = s.received_at
-           AND e.received_at BETWEEN $5 AND $6
+        "UPDATE event e SET lease_until = now() + make_interval(secs => $3)
+         WHERE e.id = ANY ($2) AND e.received_at BETWEEN $4 AND $5
            AND e.state = 'pending' AND e.lease_owner = $1",
     )
     .bind(owner)
     .bind(events.iter().map(|e| e.0).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.1).collect::<Vec<_>>())
     .bind(lease.as_secs_f64())
     .bind(events.iter().map(|e| e.1).min())
     .bind(events.iter().map(|e| e.1).max())

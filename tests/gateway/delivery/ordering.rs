@@ -275,3 +275,79 @@ async fn claims_and_lease_renewals_update_the_outbox_in_place() {
     assert_eq!(updated - updated_before, 6);
     assert_eq!(hot - hot_before, 6, "claims and renewals were not HOT");
 }
+
+#[tokio::test]
+async fn a_settle_applies_alike_and_differing_outcomes_and_only_to_its_own_events() {
+    // Arrange: 24 claimed events; one of them reclaimed by another dispatcher meanwhile.
+    let h = Harness::start().await;
+    let events: Vec<Value> = (0..24)
+        .map(|i| track(&format!("m-{i:02}"), &format!("u-{i}"), "Step"))
+        .collect();
+    h.insert(&events).await;
+    let claimed = store::claim(&h.pool, scope(), "me", 100, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 24);
+    sqlx::query("UPDATE event SET lease_owner = 'other' WHERE message_id = 'm-00'")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    let settle = |c: &store::Claimed, next: Next, reason: Option<String>| Settle {
+        id: c.id,
+        received_at: c.received_at,
+        next,
+        reason,
+        action: Some("trackEvent".into()),
+    };
+
+    // Act: twelve delivered alike (one statement per outcome), then twelve retries each with
+    // its own delay and reason (more outcomes than statements: one statement for all).
+    let delivered: Vec<Settle> = claimed[..12]
+        .iter()
+        .map(|c| settle(c, Next::Delivered, None))
+        .collect();
+    let retried: Vec<Settle> = claimed[12..]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let wait = Duration::from_secs(60 * (i as u64 + 1));
+            settle(c, Next::Retry(wait), Some(format!("retry in {wait:?}")))
+        })
+        .collect();
+    let applied = (
+        store::settle(&h.pool, "me", &delivered).await.unwrap(),
+        store::settle(&h.pool, "me", &retried).await.unwrap(),
+    );
+
+    // Assert: all but the reclaimed one applied, each with its own outcome.
+    assert_eq!(applied, (11, 12));
+    let rows: Vec<(String, String, Option<String>, Option<String>, f64)> = sqlx::query_as(
+        "SELECT message_id, state, state_reason, lease_owner,
+                round(extract(epoch FROM next_attempt_at - now()))::float8
+         FROM event ORDER BY message_id",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows[0].1, "pending",
+        "the other dispatcher's event is left alone"
+    );
+    assert_eq!(rows[0].3.as_deref(), Some("other"));
+    for row in &rows[1..12] {
+        assert_eq!(
+            (row.1.as_str(), row.3.as_deref()),
+            ("delivered", None),
+            "{row:?}"
+        );
+    }
+    for (i, row) in rows[12..].iter().enumerate() {
+        let secs = 60.0 * (i as f64 + 1.0);
+        assert_eq!(row.1, "pending", "{row:?}");
+        assert_eq!(
+            row.2.as_deref(),
+            Some(format!("retry in {:?}", Duration::from_secs(secs as u64)).as_str())
+        );
+        assert!((row.4 - secs).abs() <= 2.0, "{row:?} due in {secs} s");
+    }
+}
