@@ -311,8 +311,7 @@ pub async fn settle(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u6
     // PostgreSQL expects the lease test to keep one row (measured: 156 ms for 500 events,
     // against 6 ms by outcome); it remains for batches whose outcomes all differ (retries,
     // each with its own delay and reason).
-    let mut alike: BTreeMap<(&str, Option<&str>, Option<&str>, u64), Vec<&Settle>> =
-        BTreeMap::new();
+    let mut alike: BTreeMap<Outcome, Vec<&Settle>> = BTreeMap::new();
     for s in settles {
         let key = (
             s.next.kind(),
@@ -364,6 +363,9 @@ pub async fn settle(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u6
     }
     Ok(done)
 }
+
+/// What a settle sets: kind, reason, action, and the delay (its bits, to be ordered).
+type Outcome<'a> = (&'a str, Option<&'a str>, Option<&'a str>, u64);
 
 /// Statements one [`settle`] may take, one per outcome, before it settles all in one.
 const SETTLE_STATEMENTS: usize = 8;
