@@ -321,7 +321,9 @@ async fn a_settle_applies_alike_and_differing_outcomes_and_only_to_its_own_event
 
     // Assert: all but the reclaimed one applied, each with its own outcome.
     assert_eq!(applied, (11, 12));
-    let rows: Vec<(String, String, Option<String>, Option<String>, f64)> = sqlx::query_as(
+    // message_id, state, state_reason, lease_owner, seconds until due
+    type Row = (String, String, Option<String>, Option<String>, f64);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT message_id, state, state_reason, lease_owner,
                 round(extract(epoch FROM next_attempt_at - now()))::float8
          FROM event ORDER BY message_id",
