@@ -254,8 +254,8 @@ pub(crate) async fn process<P: Partner>(
     Ok(report)
 }
 
-/// Applies `settles` (of events still leased by this dispatcher), each with the endpoint it is
-/// counted under, in one statement, and counts them.
+/// Applies `settles` (of events still leased by this dispatcher; `store::settle` writes them
+/// with one statement per outcome) and counts each under its endpoint.
 async fn settle<P: Partner>(
     ctx: &Ctx<'_>,
     partner: &P,
