@@ -293,6 +293,36 @@ impl Settle {
     }
 }
 
+/// The settle statement: each event found by `$rows` (a `FROM` naming its outcome `o` and a
+/// `WHERE` finding its rows `e`) takes its outcome, if `$1` still holds its lease; a `dry_run`
+/// gives its messageId back.
+macro_rules! settle_sql {
+    ($rows:literal) => {
+        concat!(
+            "WITH settled AS (
+                 UPDATE event e
+                 SET state = CASE WHEN o.kind IN ('retry', 'split', 'release', 'pause') THEN 'pending'
+                                  ELSE o.kind END,
+                     state_reason = o.reason,
+                     action = COALESCE(o.action, e.action),
+                     next_attempt_at = CASE WHEN o.kind IN ('retry', 'split', 'release', 'pause')
+                                            THEN now() + o.delay_ms * interval '1 millisecond'
+                                            ELSE e.next_attempt_at END,
+                     solo = e.solo OR o.kind = 'split',
+                     attempts = e.attempts - (o.kind IN ('split', 'release', 'pause'))::int,
+                     lease_until = NULL, lease_owner = NULL, updated_at = now() ",
+            $rows,
+            " AND e.state = 'pending' AND e.lease_owner = $1
+                 RETURNING e.connection, e.direction, e.message_id, e.state),
+             released AS (
+                 DELETE FROM message_seen m USING settled s
+                 WHERE s.state = 'dry_run'
+                   AND m.key = gateway_message_key(s.connection, s.direction, s.message_id))
+             SELECT count(*) FROM settled"
+        )
+    };
+}
+
 /// Applies the transitions of events still leased by `owner`; returns how many it applied. A
 /// row whose lease ran out and was claimed by another dispatcher is left alone: that
 /// dispatcher's outcome is the one recorded. An event settled `dry_run` gives its messageId
@@ -326,28 +356,10 @@ pub async fn settle(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u6
     }
     let mut done = 0;
     for ((kind, reason, action, delay), group) in alike {
-        let n: i64 = sqlx::query_scalar(
-            "WITH settled AS (
-                 UPDATE event e
-                 SET state = CASE WHEN $2 IN ('retry', 'split', 'release', 'pause') THEN 'pending'
-                                  ELSE $2 END,
-                     state_reason = $3,
-                     action = COALESCE($4, e.action),
-                     next_attempt_at = CASE WHEN $2 IN ('retry', 'split', 'release', 'pause')
-                                            THEN now() + $5 * interval '1 millisecond'
-                                            ELSE e.next_attempt_at END,
-                     solo = e.solo OR $2 = 'split',
-                     attempts = e.attempts - ($2 IN ('split', 'release', 'pause'))::int,
-                     lease_until = NULL, lease_owner = NULL, updated_at = now()
-                 WHERE e.id = ANY ($6) AND e.received_at BETWEEN $7 AND $8
-                   AND e.state = 'pending' AND e.lease_owner = $1
-                 RETURNING e.connection, e.direction, e.message_id, e.state),
-             released AS (
-                 DELETE FROM message_seen m USING settled s
-                 WHERE s.state = 'dry_run'
-                   AND m.key = gateway_message_key(s.connection, s.direction, s.message_id))
-             SELECT count(*) FROM settled",
-        )
+        let n: i64 = sqlx::query_scalar(settle_sql!(
+            "FROM (VALUES ($2::text, $3::text, $4::text, $5::float8)) AS o(kind, reason, action, delay_ms)
+             WHERE e.id = ANY ($6) AND e.received_at BETWEEN $7 AND $8"
+        ))
         .bind(owner)
         .bind(kind)
         .bind(reason.map(|r| pg_text(r).into_owned()))
@@ -380,31 +392,11 @@ fn delay_ms(n: Next) -> f64 {
 
 /// [`settle`] in one statement, each event joined to its own outcome.
 async fn settle_each(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u64, sqlx::Error> {
-    let done: i64 = sqlx::query_scalar(
-        "WITH settled AS (
-             UPDATE event e
-             SET state = CASE WHEN s.kind IN ('retry', 'split', 'release', 'pause') THEN 'pending'
-                              ELSE s.kind END,
-                 state_reason = s.reason,
-                 action = COALESCE(s.action, e.action),
-                 next_attempt_at = CASE WHEN s.kind IN ('retry', 'split', 'release', 'pause')
-                                        THEN now() + s.delay_ms * interval '1 millisecond'
-                                        ELSE e.next_attempt_at END,
-                 solo = e.solo OR s.kind = 'split',
-                 attempts = e.attempts - (s.kind IN ('split', 'release', 'pause'))::int,
-                 lease_until = NULL, lease_owner = NULL, updated_at = now()
-             FROM UNNEST($2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
-                         $7::float8[]) AS s(id, received_at, kind, reason, action, delay_ms)
-             WHERE e.id = s.id AND e.received_at = s.received_at
-               AND e.received_at BETWEEN $8 AND $9
-               AND e.state = 'pending' AND e.lease_owner = $1
-             RETURNING e.connection, e.direction, e.message_id, e.state),
-         released AS (
-             DELETE FROM message_seen m USING settled s
-             WHERE s.state = 'dry_run'
-               AND m.key = gateway_message_key(s.connection, s.direction, s.message_id))
-         SELECT count(*) FROM settled",
-    )
+    let done: i64 = sqlx::query_scalar(settle_sql!(
+        "FROM UNNEST($2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
+                     $7::float8[]) AS o(id, received_at, kind, reason, action, delay_ms)
+         WHERE e.id = o.id AND e.received_at = o.received_at AND e.received_at BETWEEN $8 AND $9"
+    ))
     .bind(owner)
     .bind(settles.iter().map(|s| s.id).collect::<Vec<_>>())
     .bind(settles.iter().map(|s| s.received_at).collect::<Vec<_>>())
