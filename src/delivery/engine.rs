@@ -197,10 +197,6 @@ pub(crate) async fn process<P: Partner>(
     } else {
         window::hold_back(ctx.pool, partner, &jobs, window).await?
     };
-    // What needs no request is settled at once.
-    let settles: Vec<_> = settles.into_iter().map(|s| (s, NO_ENDPOINT)).collect();
-    settle(ctx, partner, &settles).await?;
-
     let run = Run {
         ctx,
         partner,
@@ -217,6 +213,9 @@ pub(crate) async fn process<P: Partner>(
         }),
         unwritten: Mutex::new(Unwritten::default()),
     };
+    // What needs no request is settled at once.
+    run.unwritten().add(settles, NO_ENDPOINT);
+    run.write_outcomes().await?;
     // Jobs whose every part was a repeat within its window: nothing to send.
     let empty: Vec<usize> = (0..jobs.len())
         .filter(|&j| jobs[j].parts.is_empty())
@@ -254,45 +253,23 @@ pub(crate) async fn process<P: Partner>(
     Ok(report)
 }
 
-/// Applies `settles` (of events still leased by this dispatcher; `store::settle` writes them
-/// with one statement per outcome) and counts each under its endpoint.
-async fn settle<P: Partner>(
-    ctx: &Ctx<'_>,
-    partner: &P,
-    settles: &[(Settle, &'static str)],
-) -> Result<(), DeliveryError> {
-    if settles.is_empty() {
-        return Ok(());
-    }
-    let only: Vec<Settle> = settles.iter().map(|(s, _)| s.clone()).collect();
-    let applied = store::settle(ctx.pool, ctx.owner, &only).await?;
-    if applied < settles.len() as u64 {
-        tracing::warn!(
-            owner = ctx.owner,
-            connection = partner.connection(),
-            lost = settles.len() as u64 - applied,
-            "Some events were claimed by another dispatcher after this one's lease ran out; their outcome is that dispatcher's."
-        );
-    }
-    let direction = partner.direction().as_str();
-    // Per final state: events going back to pending (retry, split, released, paused) are not
-    // settled yet.
-    for (s, endpoint) in settles.iter().filter(|(s, _)| s.next.state() != "pending") {
-        metrics::counter!("gateway_delivery_events_total",
-            "connection" => partner.connection().to_string(), "direction" => direction,
-            "endpoint" => *endpoint, "state" => s.next.state())
-        .increment(1);
-    }
-    Ok(())
-}
-
 /// Outcomes decided and not yet written: applied together (one statement for many events)
 /// when [`SETTLE_BATCH`] of them are waiting, at the end of each round and of the batch.
 #[derive(Default)]
 struct Unwritten {
-    settles: Vec<(Settle, &'static str)>,
+    settles: Vec<Settle>,
+    /// The endpoint each of `settles` is counted under (`gateway_delivery_events_total`).
+    endpoints: Vec<&'static str>,
     /// Jobs whose every request went through: their once-keys are remembered.
     through: Vec<usize>,
+}
+
+impl Unwritten {
+    fn add(&mut self, settles: Vec<Settle>, endpoint: &'static str) {
+        self.endpoints
+            .extend(std::iter::repeat_n(endpoint, settles.len()));
+        self.settles.extend(settles);
+    }
 }
 
 /// Outcomes written together at most. Written one request at a time, the settles of single
@@ -447,10 +424,8 @@ impl<P: Partner> Run<'_, P> {
             (settles, through)
         };
         let full = {
-            let mut unwritten = self.unwritten.lock().unwrap_or_else(|e| e.into_inner());
-            unwritten
-                .settles
-                .extend(settles.into_iter().map(|s| (s, endpoint)));
+            let mut unwritten = self.unwritten();
+            unwritten.add(settles, endpoint);
             unwritten.through.extend(through);
             unwritten.settles.len() >= SETTLE_BATCH
         };
@@ -460,13 +435,45 @@ impl<P: Partner> Run<'_, P> {
         Ok(())
     }
 
-    /// Writes the outcomes decided so far: the once-keys of what went through, then the
-    /// events' transitions.
+    fn unwritten(&self) -> std::sync::MutexGuard<'_, Unwritten> {
+        self.unwritten.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the outcomes decided so far (of events still leased by this dispatcher;
+    /// `store::settle` writes them with one statement per outcome): the once-keys of what went
+    /// through, then the events' transitions, each counted under its endpoint.
     async fn write_outcomes(&self) -> Result<(), DeliveryError> {
-        let Unwritten { settles, through } =
-            std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|e| e.into_inner()));
+        let Unwritten {
+            settles,
+            endpoints,
+            through,
+        } = std::mem::take(&mut *self.unwritten());
         once::remember(self.ctx.pool, self.partner, self.jobs, &through).await?;
-        settle(self.ctx, self.partner, &settles).await
+        if settles.is_empty() {
+            return Ok(());
+        }
+        let (ctx, partner) = (self.ctx, self.partner);
+        let applied = store::settle(ctx.pool, ctx.owner, &settles).await?;
+        if applied < settles.len() as u64 {
+            tracing::warn!(
+                owner = ctx.owner,
+                connection = partner.connection(),
+                lost = settles.len() as u64 - applied,
+                "Some events were claimed by another dispatcher after this one's lease ran out; their outcome is that dispatcher's."
+            );
+        }
+        let direction = partner.direction().as_str();
+        // Per final state: events going back to pending (retry, split, released, paused) are
+        // not settled yet.
+        for (s, endpoint) in settles.iter().zip(endpoints) {
+            if s.next.state() != "pending" {
+                metrics::counter!("gateway_delivery_events_total",
+                    "connection" => partner.connection().to_string(), "direction" => direction,
+                    "endpoint" => endpoint, "state" => s.next.state())
+                .increment(1);
+            }
+        }
+        Ok(())
     }
 
     /// Takes tokens for the round's requests, per endpoint. A first-round bulk request that
