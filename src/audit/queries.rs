@@ -121,16 +121,22 @@ pub struct EventRow {
     pub state_reason: Option<String>,
     pub action: Option<String>,
     pub attempts: i32,
-    pub next_attempt_at: DateTime<Utc>,
+    /// When a pending event is due (`None` once it has settled).
+    pub next_attempt_at: Option<DateTime<Utc>>,
     pub replays: i64,
     pub payload: Value,
 }
 
+/// An event's columns; a pending one's lease, attempts and due time are in its outbox row.
 const EVENT_COLUMNS: &str =
     "e.id AS event_id, e.received_at, e.request_id, e.connection, e.direction,
-    e.message_id, e.call_type, e.user_key, gateway_event_state(e.state, e.lease_until) AS state,
-    e.state_reason, e.action, e.attempts, e.next_attempt_at,
+    e.message_id, e.call_type, e.user_key, gateway_event_state(e.state, o.lease_until) AS state,
+    e.state_reason, e.action, coalesce(o.attempts, e.attempts) AS attempts, o.next_attempt_at,
     (SELECT count(*) FROM replay_event r WHERE r.event_id = e.id) AS replays, gateway_event_payload(e) AS payload";
+
+/// Joins each event `e` to its outbox row `o`, if it is pending.
+const WITH_OUTBOX: &str = "LEFT JOIN outbox o
+    ON o.connection = e.connection AND o.direction = e.direction AND o.event_id = e.id";
 
 /// The events with this messageId (one per connection and direction that received it).
 pub async fn events_by_message_id(
@@ -138,7 +144,8 @@ pub async fn events_by_message_id(
     message_id: &str,
 ) -> Result<Vec<EventRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {EVENT_COLUMNS} FROM event e WHERE e.message_id = $1 ORDER BY e.id LIMIT 20"
+        "SELECT {EVENT_COLUMNS} FROM event e {WITH_OUTBOX}
+         WHERE e.message_id = $1 ORDER BY e.id LIMIT 20"
     ))
     .bind(message_id)
     .fetch_all(pool)
@@ -156,7 +163,7 @@ pub async fn events_by_user(pool: &PgPool, user: &str) -> Result<Vec<EventRow>, 
              SELECT user_key FROM (
                  SELECT user_key FROM event WHERE email = lower($1)
                  ORDER BY received_at DESC LIMIT 50) by_email)
-         SELECT {EVENT_COLUMNS} FROM event e
+         SELECT {EVENT_COLUMNS} FROM event e {WITH_OUTBOX}
          WHERE e.id IN (
              (SELECT id FROM event WHERE user_key IN (SELECT k FROM keys)
               ORDER BY received_at DESC LIMIT $2)

@@ -214,10 +214,15 @@ pub async fn execute(
              reopened AS (
                  UPDATE event e
                  SET state = 'pending', state_reason = 'replay ' || $9, attempts = 0,
-                     next_attempt_at = now(), lease_until = NULL, lease_owner = NULL,
                      updated_at = now()
                  FROM picked WHERE e.id = picked.id AND e.received_at = picked.received_at
-                 RETURNING 1)
+                 RETURNING e.id, e.received_at, e.connection, e.direction, e.user_key),
+             -- Pending again: back in the outbox, due now, with a fresh attempt budget.
+             queued AS (
+                 INSERT INTO outbox (event_id, received_at, connection, direction, lane)
+                 SELECT id, received_at, connection, direction,
+                        gateway_lane(connection, direction, user_key)
+                 FROM reopened)
              SELECT count(*) FROM reopened"
         )),
         &r,

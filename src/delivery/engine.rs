@@ -157,6 +157,14 @@ pub(crate) struct Ctx<'a> {
     pub owner: &'a str,
 }
 
+/// The outbox queue a partner's dispatcher works in.
+fn queue<P: Partner>(partner: &P) -> store::Queue<'_> {
+    store::Queue {
+        connection: partner.connection(),
+        direction: partner.direction(),
+    }
+}
+
 /// Plans, sends and settles `claimed` (all of one connection and direction, leased by
 /// `ctx.owner` under `lease`).
 pub(crate) async fn process<P: Partner>(
@@ -238,7 +246,7 @@ pub(crate) async fn process<P: Partner>(
     // Rate limits and slow answers can make a batch outlast its lease: renew it meanwhile.
     tokio::select! {
         done = run.rounds() => done?,
-        never = lease.keep(ctx.pool, ctx.owner, &held, ctx.clients.renew_leases) => match never {},
+        never = lease.keep(ctx.pool, queue(partner), ctx.owner, &held, ctx.clients.renew_leases) => match never {},
     };
     // Whatever is not settled yet (normally nothing: each event is settled once its last
     // request is answered).
@@ -440,7 +448,7 @@ impl<P: Partner> Run<'_, P> {
     }
 
     /// Writes the outcomes decided so far (of events still leased by this dispatcher;
-    /// `store::settle` writes them with one statement per outcome): the once-keys of what went
+    /// `store::settle` writes them in one statement): the once-keys of what went
     /// through, then the events' transitions, each counted under its endpoint.
     async fn write_outcomes(&self) -> Result<(), DeliveryError> {
         let Unwritten {
@@ -453,7 +461,7 @@ impl<P: Partner> Run<'_, P> {
             return Ok(());
         }
         let (ctx, partner) = (self.ctx, self.partner);
-        let applied = store::settle(ctx.pool, ctx.owner, &settles).await?;
+        let applied = store::settle(ctx.pool, queue(partner), ctx.owner, &settles).await?;
         if applied < settles.len() as u64 {
             tracing::warn!(
                 owner = ctx.owner,

@@ -50,6 +50,7 @@ impl Lease {
     pub async fn keep(
         &self,
         pool: &PgPool,
+        queue: store::Queue<'_>,
         owner: &str,
         held: &[(i64, DateTime<Utc>)],
         renew: bool,
@@ -61,7 +62,7 @@ impl Lease {
                 continue;
             }
             let started = Instant::now();
-            match store::extend_lease(pool, owner, held, self.length).await {
+            match store::extend_lease(pool, queue, owner, held, self.length).await {
                 Ok(n) if n as usize == held.len() => {
                     *self.until.lock().unwrap_or_else(|e| e.into_inner()) = started + self.length;
                 }

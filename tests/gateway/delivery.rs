@@ -8,6 +8,7 @@ mod endpoints;
 mod engine;
 mod fairness;
 mod ordering;
+pub mod outbox;
 mod retries;
 mod window;
 
@@ -22,6 +23,15 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::path::PathBuf;
 use wiremock::MockServer;
+
+/// The events as a dispatcher sees them: a pending event's attempts, `solo`, lease and due
+/// time are in its outbox row (migration 20261207000400), a settled one's in its event row.
+pub const EVENTS: &str = "(SELECT e.id, e.received_at, e.connection, e.direction, e.message_id,
+        e.user_key, e.state, e.state_reason, e.action, e.updated_at,
+        coalesce(o.attempts, e.attempts) AS attempts, coalesce(o.solo, e.solo) AS solo,
+        o.next_attempt_at, o.lease_until, o.lease_owner
+    FROM event e LEFT JOIN outbox o
+      ON o.connection = e.connection AND o.direction = e.direction AND o.event_id = e.id) AS event";
 
 pub const API_KEY: &str = "test-key";
 
@@ -173,9 +183,9 @@ impl Harness {
     }
 
     pub async fn event(&self, message_id: &str) -> EventRow {
-        sqlx::query_as(
-            "SELECT state, state_reason, action, attempts, solo FROM event WHERE message_id = $1",
-        )
+        sqlx::query_as(&format!(
+            "SELECT state, state_reason, action, attempts, solo FROM {EVENTS} WHERE message_id = $1"
+        ))
         .bind(message_id)
         .fetch_one(&self.pool)
         .await

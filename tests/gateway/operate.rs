@@ -1,6 +1,7 @@
 //! Operating the gateway: `gateway audit` and `gateway replay` against a database with known
 //! events and a wiremock Iterable, and the backlog gauges after a scripted run.
 
+use crate::delivery::outbox::assert_outbox_is_the_pending_events;
 use crate::delivery::{track, Harness};
 use gateway::cli::audit::{answer, Question};
 use gateway::cli::replay::{execute, preview, Filter};
@@ -89,6 +90,8 @@ async fn a_replay_of_dead_events_sends_each_once_with_the_same_ids_and_is_audite
     )
     .await
     .unwrap();
+    // Reopened: back in the outbox, each once.
+    assert_outbox_is_the_pending_events(&h.pool).await;
     h.drain_all().await;
 
     // Assert: each sent once more, with its messageId as Iterable's id.
@@ -201,7 +204,8 @@ async fn each_audit_question_answers_from_known_events() {
     h.drain_all().await;
     h.insert(&[track("wait-1", "cy", "Signed Up")]).await;
     sqlx::query(
-        "UPDATE event SET next_attempt_at = now() + interval '1 hour' WHERE message_id = 'wait-1'",
+        "UPDATE outbox o SET next_attempt_at = now() + interval '1 hour'
+         FROM event e WHERE e.id = o.event_id AND e.message_id = 'wait-1'",
     )
     .execute(&h.pool)
     .await
@@ -375,14 +379,20 @@ async fn the_backlog_gauges_show_each_connections_waiting_events_and_their_age()
     let h = Harness::start().await;
     h.insert(&[track("g-1", "ann", "A"), track("g-2", "bob", "B")])
         .await;
-    sqlx::query("UPDATE event SET connection = 'gauges', received_at = received_at - interval '2 minutes' WHERE message_id = 'g-1'")
+    // (The event rows and their outbox rows alike.)
+    for (table, id) in [("event", "id"), ("outbox", "event_id")] {
+        sqlx::query(&format!(
+            "UPDATE {table} SET connection = 'gauges',
+                 received_at = received_at - CASE WHEN m = 'g-1' THEN interval '2 minutes'
+                                                  ELSE interval '0' END
+             FROM (SELECT id AS event, message_id AS m FROM event
+                   WHERE message_id IN ('g-1', 'g-2')) g
+             WHERE {id} = g.event"
+        ))
         .execute(&h.pool)
         .await
         .unwrap();
-    sqlx::query("UPDATE event SET connection = 'gauges' WHERE message_id = 'g-2'")
-        .execute(&h.pool)
-        .await
-        .unwrap();
+    }
     let handle = gateway::telemetry::metrics_handle();
     let mut sampler =
         gateway::telemetry::BacklogSampler::new(["gauges".to_string(), "gauges-idle".to_string()]);
@@ -419,10 +429,13 @@ async fn the_backlog_gauges_show_each_connections_waiting_events_and_their_age()
     );
 
     // Delivered: the gauges go back to 0.
-    sqlx::query("UPDATE event SET state = 'delivered' WHERE connection = 'gauges'")
-        .execute(&h.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "WITH gone AS (DELETE FROM outbox WHERE connection = 'gauges' RETURNING event_id)
+         UPDATE event SET state = 'delivered' WHERE id IN (SELECT event_id FROM gone)",
+    )
+    .execute(&h.pool)
+    .await
+    .unwrap();
     sampler.sample(&h.pool).await.unwrap();
     let text = handle.render();
     let again = |name: &str| {

@@ -1,10 +1,12 @@
-//! The outbox side of the `event` table and the `delivery_attempt` log: one function per SQL
-//! statement.
+//! The outbox (the pending events, with their leases) and the `delivery_attempt` log: one
+//! function per SQL statement.
 //!
 //! A dispatcher claims events with a lease (`FOR UPDATE SKIP LOCKED`, so concurrent
 //! dispatchers never claim the same row), calls the partner outside any transaction, then
 //! settles them in one short statement that only touches rows it still holds. While it works
-//! it renews the lease, so a long batch is not claimed a second time.
+//! it renews the lease, so a long batch is not claimed a second time. An event's row in
+//! `event` is its audit record: written at ingest, updated when it settles; the claims and
+//! renewals in between touch only its `outbox` row (migration 20261207000400).
 
 mod attempts;
 
@@ -55,6 +57,14 @@ struct ClaimedRow {
     solo: bool,
 }
 
+/// One queue of the outbox: the events of one connection in one direction. A dispatcher claims,
+/// renews and settles within one queue, and the outbox finds its rows by it (`outbox_due`).
+#[derive(Debug, Clone, Copy)]
+pub struct Queue<'a> {
+    pub connection: &'a str,
+    pub direction: Direction,
+}
+
 /// What a claim may take.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimScope<'a> {
@@ -66,10 +76,23 @@ pub struct ClaimScope<'a> {
     pub dry_run: bool,
 }
 
+impl<'a> ClaimScope<'a> {
+    pub fn queue(&self) -> Queue<'a> {
+        Queue {
+            connection: self.connection,
+            direction: self.direction,
+        }
+    }
+}
+
 /// Claims up to `limit` due events of one connection and direction, oldest first: pending ones
 /// whose time has come and in-flight ones whose lease ran out. Only the oldest open event of
 /// each (connection, direction, user_key) is claimable, so one user's events are delivered in
 /// order, and a user's events in one direction never wait for the other direction's.
+///
+/// One statement, `gateway_claim` (migration 20261207000400): it locks the due outbox rows
+/// (`SKIP LOCKED`), leases them and returns their events, planned through the indexes whatever
+/// the outbox's statistics say, so that a claim costs what its batch does, not the backlog.
 pub async fn claim(
     pool: &PgPool,
     scope: ClaimScope<'_>,
@@ -77,63 +100,17 @@ pub async fn claim(
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    // Two statements in one transaction rather than one `UPDATE … FROM (SELECT … FOR UPDATE)`:
-    // when its estimates were off (a generic plan, a day's partition not analysed yet), the
-    // single statement joined the due rows back by sorting the whole partition (measured: 67
-    // of a claim's 144 ms), whereas an update by the given keys reads only their rows, as
-    // settles do.
-    let mut tx = pool.begin().await?;
-    let due: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT e.id, e.received_at FROM event e
-         WHERE e.connection = $2 AND e.direction = $1
-           AND e.state = 'pending'
-           AND e.next_attempt_at <= now()
-           AND (e.lease_until IS NULL OR e.lease_until < now())
-           AND NOT EXISTS (
-               SELECT 1 FROM event older
-               WHERE older.connection = e.connection AND older.direction = e.direction
-                 AND older.user_key = e.user_key
-                 AND older.state = 'pending' AND older.id < e.id
-                 -- An older id is never received a day later: this lets the probe skip the
-                 -- partitions of the days ahead (created in advance, empty).
-                 AND older.received_at <= e.received_at + interval '1 day')
-           AND ($4 OR NOT EXISTS (
-               SELECT 1 FROM connection_pause p WHERE p.connection = $2 AND p.direction = $1))
-           AND (NOT $5 OR NOT EXISTS (
-               SELECT 1 FROM dispatcher_mode m
-               WHERE m.connection = $2 AND m.mode = 'live' AND m.alive_until > now()))
-         ORDER BY e.id
-         LIMIT $3
-         FOR UPDATE OF e SKIP LOCKED",
-    )
-    .bind(scope.direction.as_str())
-    .bind(scope.connection)
-    .bind(limit)
-    .bind(scope.probe)
-    .bind(scope.dry_run)
-    .fetch_all(&mut *tx)
-    .await?;
-    if due.is_empty() {
-        tx.commit().await?;
-        return Ok(Vec::new());
-    }
-    let rows = sqlx::query_as::<_, ClaimedRow>(
-        "UPDATE event e
-         SET lease_until = now() + make_interval(secs => $3),
-             lease_owner = $2, attempts = e.attempts + 1, updated_at = now()
-         WHERE e.id = ANY ($1) AND e.received_at BETWEEN $4 AND $5
-         RETURNING e.id, e.received_at, e.connection, e.message_id, e.user_key, e.payload,
-                   e.request_id, e.payload_at, e.payload_len, e.attempts, e.solo",
-    )
-    // Event ids are unique (one sequence), whatever the partition; the rows are locked.
-    .bind(due.iter().map(|d| d.0).collect::<Vec<_>>())
-    .bind(owner)
-    .bind(lease.as_secs_f64())
-    .bind(due.iter().map(|d| d.1).min())
-    .bind(due.iter().map(|d| d.1).max())
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    let rows =
+        sqlx::query_as::<_, ClaimedRow>("SELECT * FROM gateway_claim($1, $2, $3, $4, $5, $6, $7)")
+            .bind(scope.connection)
+            .bind(scope.direction.as_str())
+            .bind(owner)
+            .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+            .bind(lease.as_secs_f64())
+            .bind(scope.probe)
+            .bind(scope.dry_run)
+            .fetch_all(pool)
+            .await?;
     let mut claimed = with_payloads(pool, rows).await?;
     // RETURNING does not keep the claim's order.
     claimed.sort_by_key(|r| r.id);
@@ -293,94 +270,53 @@ impl Settle {
     }
 }
 
-/// The settle statement: each event found by `$rows` (a `FROM` naming its outcome `o` and a
-/// `WHERE` finding its rows `e`) takes its outcome, if `$1` still holds its lease; a `dry_run`
-/// gives its messageId back.
-macro_rules! settle_sql {
-    ($rows:literal) => {
-        concat!(
-            "WITH settled AS (
-                 UPDATE event e
-                 SET state = CASE WHEN o.kind IN ('retry', 'split', 'release', 'pause') THEN 'pending'
-                                  ELSE o.kind END,
-                     state_reason = o.reason,
-                     action = COALESCE(o.action, e.action),
-                     next_attempt_at = CASE WHEN o.kind IN ('retry', 'split', 'release', 'pause')
-                                            THEN now() + o.delay_ms * interval '1 millisecond'
-                                            ELSE e.next_attempt_at END,
-                     solo = e.solo OR o.kind = 'split',
-                     attempts = e.attempts - (o.kind IN ('split', 'release', 'pause'))::int,
-                     lease_until = NULL, lease_owner = NULL, updated_at = now() ",
-            $rows,
-            " AND e.state = 'pending' AND e.lease_owner = $1
-                 RETURNING e.connection, e.direction, e.message_id, e.state),
-             released AS (
-                 DELETE FROM message_seen m USING settled s
-                 WHERE s.state = 'dry_run'
-                   AND m.key = gateway_message_key(s.connection, s.direction, s.message_id))
-             SELECT count(*) FROM settled"
-        )
-    };
-}
-
-/// Applies the transitions of events still leased by `owner`; returns how many it applied. A
-/// row whose lease ran out and was claimed by another dispatcher is left alone: that
-/// dispatcher's outcome is the one recorded. An event settled `dry_run` gives its messageId
-/// back (`message_seen`), so that live delivery of the same message is not a duplicate.
+/// Applies the transitions of events still leased by `owner` in `queue`; returns how many it
+/// applied. A row whose lease ran out and was claimed by another dispatcher is left alone:
+/// that dispatcher's outcome is the one recorded. An event settled `dry_run` gives its
+/// messageId back (`message_seen`), so that live delivery of the same message is not a
+/// duplicate.
 ///
-/// Claims, settles and renewals find their rows by id, within the range of their
-/// `received_at`, so that PostgreSQL reads only the day partitions in it (one, mostly) and
-/// each row once through the primary key.
-pub async fn settle(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u64, sqlx::Error> {
-    if settles.is_empty() {
-        return Ok(0);
-    }
-    // The events of a batch mostly end alike (delivered, by the same action): one statement
-    // per outcome, whose rows are found by their ids alone. The one statement joining every
-    // event to its own outcome is planned as a loop over the whole list for each row when
-    // PostgreSQL expects the lease test to keep one row (measured: 156 ms for 500 events,
-    // against 6 ms by outcome); it remains for batches whose outcomes all differ (retries,
-    // each with its own delay and reason).
+/// One statement per outcome (kind, reason, action: the events of a batch mostly end alike),
+/// `gateway_settle` (migration 20261207000400): those settled for good leave the outbox and
+/// their event rows take the outcome; those going back to pending stay in the outbox, each due
+/// after its own delay. It finds the outbox rows by id within the queue and the event rows by
+/// id within the range of their `received_at` (one day partition, mostly), through the
+/// indexes.
+pub async fn settle(
+    pool: &PgPool,
+    queue: Queue<'_>,
+    owner: &str,
+    settles: &[Settle],
+) -> Result<u64, sqlx::Error> {
     let mut alike: BTreeMap<Outcome, Vec<&Settle>> = BTreeMap::new();
     for s in settles {
-        let key = (
-            s.next.kind(),
-            s.reason.as_deref(),
-            s.action.as_deref(),
-            delay_ms(s.next).to_bits(),
-        );
+        let key = (s.next.kind(), s.reason.as_deref(), s.action.as_deref());
         alike.entry(key).or_default().push(s);
     }
-    if alike.len() > SETTLE_STATEMENTS {
-        return settle_each(pool, owner, settles).await;
-    }
     let mut done = 0;
-    for ((kind, reason, action, delay), group) in alike {
-        let n: i64 = sqlx::query_scalar(settle_sql!(
-            "FROM (VALUES ($2::text, $3::text, $4::text, $5::float8)) AS o(kind, reason, action, delay_ms)
-             WHERE e.id = ANY ($6) AND e.received_at BETWEEN $7 AND $8"
-        ))
-        .bind(owner)
-        .bind(kind)
-        .bind(reason.map(|r| pg_text(r).into_owned()))
-        .bind(action)
-        .bind(f64::from_bits(delay))
-        // Event ids are unique (one sequence), whatever the partition.
-        .bind(group.iter().map(|s| s.id).collect::<Vec<_>>())
-        .bind(group.iter().map(|s| s.received_at).min())
-        .bind(group.iter().map(|s| s.received_at).max())
-        .fetch_one(pool)
-        .await?;
+    for ((kind, reason, action), group) in alike {
+        let n: i64 =
+            sqlx::query_scalar("SELECT gateway_settle($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+                .bind(owner)
+                .bind(queue.connection)
+                .bind(queue.direction.as_str())
+                .bind(kind)
+                .bind(reason.map(|r| pg_text(r).into_owned()))
+                .bind(action)
+                // Event ids are unique (one sequence), whatever the partition.
+                .bind(group.iter().map(|s| s.id).collect::<Vec<_>>())
+                .bind(group.iter().map(|s| delay_ms(s.next)).collect::<Vec<_>>())
+                .bind(group.iter().map(|s| s.received_at).min())
+                .bind(group.iter().map(|s| s.received_at).max())
+                .fetch_one(pool)
+                .await?;
         done += n as u64;
     }
     Ok(done)
 }
 
-/// What a settle sets: kind, reason, action, and the delay (its bits, to be ordered).
-type Outcome<'a> = (&'a str, Option<&'a str>, Option<&'a str>, u64);
-
-/// Statements one [`settle`] may take, one per outcome, before it settles all in one.
-const SETTLE_STATEMENTS: usize = 8;
+/// What a settle sets, the same for every event of one statement: kind, reason, action.
+type Outcome<'a> = (&'a str, Option<&'a str>, Option<&'a str>);
 
 /// The delay a transition back to pending waits, in milliseconds.
 fn delay_ms(n: Next) -> f64 {
@@ -390,54 +326,24 @@ fn delay_ms(n: Next) -> f64 {
     }
 }
 
-/// [`settle`] in one statement, each event joined to its own outcome.
-async fn settle_each(pool: &PgPool, owner: &str, settles: &[Settle]) -> Result<u64, sqlx::Error> {
-    let done: i64 = sqlx::query_scalar(settle_sql!(
-        "FROM UNNEST($2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
-                     $7::float8[]) AS o(id, received_at, kind, reason, action, delay_ms)
-         WHERE e.id = o.id AND e.received_at = o.received_at AND e.received_at BETWEEN $8 AND $9"
-    ))
-    .bind(owner)
-    .bind(settles.iter().map(|s| s.id).collect::<Vec<_>>())
-    .bind(settles.iter().map(|s| s.received_at).collect::<Vec<_>>())
-    .bind(settles.iter().map(|s| s.next.kind()).collect::<Vec<_>>())
-    .bind(
-        settles
-            .iter()
-            .map(|s| s.reason.as_deref().map(|r| pg_text(r).into_owned()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        settles
-            .iter()
-            .map(|s| s.action.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(settles.iter().map(|s| delay_ms(s.next)).collect::<Vec<_>>())
-    .bind(settles.iter().map(|s| s.received_at).min())
-    .bind(settles.iter().map(|s| s.received_at).max())
-    .fetch_one(pool)
-    .await?;
-    Ok(done as u64)
-}
-
-/// Renews the lease of the events still held by `owner`; returns how many it renewed.
+/// Renews the lease of the events still held by `owner` in `queue`; returns how many it renewed.
 pub async fn extend_lease(
     pool: &PgPool,
+    queue: Queue<'_>,
     owner: &str,
     events: &[(i64, DateTime<Utc>)],
     lease: Duration,
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE event e SET lease_until = now() + make_interval(secs => $3)
-         WHERE e.id = ANY ($2) AND e.received_at BETWEEN $4 AND $5
-           AND e.state = 'pending' AND e.lease_owner = $1",
+        "UPDATE outbox o SET lease_until = now() + make_interval(secs => $5)
+         WHERE o.connection = $2 AND o.direction = $3 AND o.event_id = ANY ($4)
+           AND o.lease_owner = $1",
     )
     .bind(owner)
+    .bind(queue.connection)
+    .bind(queue.direction.as_str())
     .bind(events.iter().map(|e| e.0).collect::<Vec<_>>())
     .bind(lease.as_secs_f64())
-    .bind(events.iter().map(|e| e.1).min())
-    .bind(events.iter().map(|e| e.1).max())
     .execute(pool)
     .await?;
     Ok(done.rows_affected())

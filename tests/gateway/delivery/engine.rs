@@ -7,7 +7,7 @@
 //! window of `W` seconds the mock sees at most `limit·W + burst` requests (plus one for the
 //! jitter of arrival times).
 
-use super::{identify, track, Harness, API_KEY};
+use super::{identify, track, Harness, API_KEY, EVENTS};
 use gateway::audit::writer::write_group;
 use gateway::audit::{Direction, EventState, InboundRecord, NewEvent};
 use gateway::configuration::{DeliveryMode, Settings};
@@ -91,7 +91,7 @@ fn shipped_limits() -> Settings {
 /// Marks every pending event `solo`, so that each goes in a request of its own (many requests
 /// from few events, to measure the rate of an endpoint whose requests carry 1,000 items).
 async fn one_per_request(h: &Harness) {
-    sqlx::query("UPDATE event SET solo = true")
+    sqlx::query("UPDATE outbox SET solo = true")
         .execute(&h.pool)
         .await
         .unwrap();
@@ -527,10 +527,13 @@ async fn a_segment_batch_with_one_old_event_and_fresh_ones_treats_each_by_its_ow
         ],
     )
     .await;
-    sqlx::query("UPDATE event SET attempts = 4 WHERE message_id = 'old'")
-        .execute(&h.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE outbox o SET attempts = 4 FROM event e
+         WHERE e.id = o.event_id AND e.message_id = 'old'",
+    )
+    .execute(&h.pool)
+    .await
+    .unwrap();
     Mock::given(method("POST"))
         .and(path("/v1/batch"))
         .respond_with(ResponseTemplate::new(503))
@@ -640,9 +643,9 @@ async fn a_lease_that_runs_out_mid_batch_never_leads_to_a_second_send() {
     };
     let (first, ()) = tokio::join!(first, second);
     first.unwrap();
-    let rows: Vec<(String, String, i32, Option<String>)> = sqlx::query_as(
-        "SELECT message_id, state, attempts, state_reason FROM event WHERE state <> 'delivered'",
-    )
+    let rows: Vec<(String, String, i32, Option<String>)> = sqlx::query_as(&format!(
+        "SELECT message_id, state, attempts, state_reason FROM {EVENTS} WHERE state <> 'delivered'"
+    ))
     .fetch_all(&h.pool)
     .await
     .unwrap();

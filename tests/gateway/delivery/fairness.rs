@@ -1,7 +1,7 @@
 //! Fairness: each (connection, direction) has dispatcher loops of its own (`worker::run`), so
 //! a connection whose Iterable is down, slow or refusing its key delays only its own events.
 
-use super::{track, Harness, API_KEY};
+use super::{track, Harness, API_KEY, EVENTS};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use wiremock::matchers::{header, method};
@@ -31,7 +31,7 @@ fn tracks(prefix: &str, n: usize) -> Vec<Value> {
 
 async fn count(h: &Harness, connection: &str, sql_where: &str) -> i64 {
     sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM event WHERE connection = $1 AND {sql_where}"
+        "SELECT count(*) FROM {EVENTS} WHERE connection = $1 AND {sql_where}"
     ))
     .bind(connection)
     .fetch_one(&h.pool)

@@ -1,7 +1,7 @@
 //! Claims: concurrent dispatchers never send an event twice, an expired lease is reclaimed,
 //! and one user's events go out in order.
 
-use super::{track, Harness};
+use super::{track, Harness, EVENTS};
 use gateway::audit::Direction;
 use gateway::delivery::store::{self, Next, Settle};
 use gateway::delivery::worker;
@@ -87,7 +87,7 @@ async fn an_expired_lease_is_reclaimed_and_the_old_owner_cannot_settle() {
         .unwrap();
     assert_eq!(lost.len(), 1);
     assert_eq!(h.drain().await, 0, "a live lease is not claimable");
-    sqlx::query("UPDATE event SET lease_until = now() - interval '1 second'")
+    sqlx::query("UPDATE outbox SET lease_until = now() - interval '1 second'")
         .execute(&h.pool)
         .await
         .unwrap();
@@ -105,7 +105,12 @@ async fn an_expired_lease_is_reclaimed_and_the_old_owner_cannot_settle() {
         reason: Some("late".into()),
         action: None,
     };
-    assert_eq!(store::settle(&h.pool, "crashed", &[late]).await.unwrap(), 0);
+    assert_eq!(
+        store::settle(&h.pool, scope().queue(), "crashed", &[late])
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(h.event("m-1").await.state, "delivered");
 }
 
@@ -247,33 +252,42 @@ async fn claims_and_lease_renewals_update_the_outbox_in_place() {
             .execute(&pool)
             .await
             .unwrap();
-        sqlx::query_as::<_, (i64, i64)>(
-            "SELECT sum(n_tup_upd)::bigint, sum(n_tup_hot_upd)::bigint FROM pg_stat_user_tables
-             WHERE relid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'event'::regclass)",
+        // (outbox updates, of which in place; updates of any event partition)
+        sqlx::query_as::<_, (i64, i64, i64)>(
+            "SELECT sum(n_tup_upd) FILTER (WHERE relname = 'outbox')::bigint,
+                    sum(n_tup_hot_upd) FILTER (WHERE relname = 'outbox')::bigint,
+                    coalesce(sum(n_tup_upd) FILTER (WHERE relid IN (
+                        SELECT inhrelid FROM pg_inherits WHERE inhparent = 'event'::regclass)), 0)::bigint
+             FROM pg_stat_user_tables",
         )
         .fetch_one(&pool)
         .await
         .unwrap()
     };
-    let (updated_before, hot_before) = counts(one.clone()).await;
+    let (updated_before, hot_before, events_before) = counts(one.clone()).await;
 
     // Act: a claim of three events, then a renewal of their lease. (Few: an in-place update
-    // needs room on the row's page for the new version, and the outbox's pages keep 30 % free.)
+    // needs room on the row's page for the new version, and the outbox's pages keep half free.)
     let claimed = store::claim(&one, scope(), "me", 3, Duration::from_secs(60))
         .await
         .unwrap();
     let held: Vec<_> = claimed.iter().map(|c| (c.id, c.received_at)).collect();
-    let renewed = store::extend_lease(&one, "me", &held, Duration::from_secs(60))
+    let renewed = store::extend_lease(&one, scope().queue(), "me", &held, Duration::from_secs(60))
         .await
         .unwrap();
 
-    // Assert: six row updates, all of them in place: no new entry in any index of the
-    // outbox (an index on a column a claim sets would make each claim an insert into every
-    // index).
+    // Assert: six updates of outbox rows, all of them in place: no new entry in any index of
+    // the outbox (an index on a column a claim sets would make each claim an insert into
+    // every index); and none of the event rows, the audit record, which only a settle updates.
     assert_eq!((claimed.len(), renewed), (3, 3));
-    let (updated, hot) = counts(one).await;
+    let (updated, hot, events) = counts(one).await;
     assert_eq!(updated - updated_before, 6);
     assert_eq!(hot - hot_before, 6, "claims and renewals were not HOT");
+    assert_eq!(
+        events - events_before,
+        0,
+        "claims and renewals updated events"
+    );
 }
 
 #[tokio::test]
@@ -288,10 +302,13 @@ async fn a_settle_applies_alike_and_differing_outcomes_and_only_to_its_own_event
         .await
         .unwrap();
     assert_eq!(claimed.len(), 24);
-    sqlx::query("UPDATE event SET lease_owner = 'other' WHERE message_id = 'm-00'")
-        .execute(&h.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE outbox o SET lease_owner = 'other' FROM event e
+         WHERE e.id = o.event_id AND e.message_id = 'm-00'",
+    )
+    .execute(&h.pool)
+    .await
+    .unwrap();
     let settle = |c: &store::Claimed, next: Next, reason: Option<String>| Settle {
         id: c.id,
         received_at: c.received_at,
@@ -315,19 +332,23 @@ async fn a_settle_applies_alike_and_differing_outcomes_and_only_to_its_own_event
         })
         .collect();
     let applied = (
-        store::settle(&h.pool, "me", &delivered).await.unwrap(),
-        store::settle(&h.pool, "me", &retried).await.unwrap(),
+        store::settle(&h.pool, scope().queue(), "me", &delivered)
+            .await
+            .unwrap(),
+        store::settle(&h.pool, scope().queue(), "me", &retried)
+            .await
+            .unwrap(),
     );
 
     // Assert: all but the reclaimed one applied, each with its own outcome.
     assert_eq!(applied, (11, 12));
-    // message_id, state, state_reason, lease_owner, seconds until due
-    type Row = (String, String, Option<String>, Option<String>, f64);
-    let rows: Vec<Row> = sqlx::query_as(
+    // message_id, state, state_reason, lease_owner, seconds until due (pending ones)
+    type Row = (String, String, Option<String>, Option<String>, Option<f64>);
+    let rows: Vec<Row> = sqlx::query_as(&format!(
         "SELECT message_id, state, state_reason, lease_owner,
                 round(extract(epoch FROM next_attempt_at - now()))::float8
-         FROM event ORDER BY message_id",
-    )
+         FROM {EVENTS} ORDER BY message_id"
+    ))
     .fetch_all(&h.pool)
     .await
     .unwrap();
@@ -350,6 +371,7 @@ async fn a_settle_applies_alike_and_differing_outcomes_and_only_to_its_own_event
             row.2.as_deref(),
             Some(format!("retry in {:?}", Duration::from_secs(secs as u64)).as_str())
         );
-        assert!((row.4 - secs).abs() <= 2.0, "{row:?} due in {secs} s");
+        let due = row.4.expect("a pending event is in the outbox");
+        assert!((due - secs).abs() <= 2.0, "{row:?} due in {secs} s");
     }
 }

@@ -184,7 +184,8 @@ async fn retry_after_postpones_the_next_attempt_up_to_the_cap() {
 
     // Assert
     let wait: f64 = sqlx::query_scalar(
-        "SELECT extract(epoch FROM next_attempt_at - now())::float8 FROM event WHERE message_id = 'm-1'",
+        "SELECT extract(epoch FROM o.next_attempt_at - now())::float8
+         FROM outbox o JOIN event e ON e.id = o.event_id WHERE e.message_id = 'm-1'",
     )
     .fetch_one(&h.pool)
     .await

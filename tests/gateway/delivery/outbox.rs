@@ -1,0 +1,148 @@
+//! The outbox (migration 20261207000400): a pending event has exactly one outbox row, in its
+//! user's lane, and a settled one none, whatever moves it: a settle, a user deletion (on the
+//! request, on arrival, on redaction) or a replay.
+
+use super::{track, Harness};
+use serde_json::json;
+use sqlx::PgPool;
+use wiremock::matchers::method;
+use wiremock::{Mock, ResponseTemplate};
+
+/// Fails unless the outbox holds exactly the pending events, each once, in the lane of its
+/// event's connection, direction and user_key.
+pub async fn assert_outbox_is_the_pending_events(pool: &PgPool) {
+    let wrong: Vec<(Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT e.id, o.event_id
+         FROM (SELECT * FROM event WHERE state = 'pending') e
+         FULL JOIN outbox o
+           ON o.event_id = e.id AND o.received_at = e.received_at
+          AND o.connection = e.connection AND o.direction = e.direction
+          AND o.lane = gateway_lane(e.connection, e.direction, e.user_key)
+         WHERE e.id IS NULL OR o.event_id IS NULL
+         UNION ALL
+         SELECT event_id, count(*) FROM outbox GROUP BY event_id HAVING count(*) > 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(
+        wrong.is_empty(),
+        "(pending event, outbox row) that do not match: {wrong:?}"
+    );
+}
+
+async fn states(h: &Harness) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT message_id, state FROM event ORDER BY message_id")
+        .fetch_all(&h.pool)
+        .await
+        .unwrap()
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_user_deletion_takes_the_users_events_out_of_the_outbox_and_leaves_the_rest() {
+    // Arrange: Iterable takes everything; ann and bob have events waiting, and an anonymous
+    // visitor whose anonymousId is ann's userId (its user_key names her: redacted, not skipped).
+    let h = Harness::start().await;
+    for verb in ["POST", "DELETE"] {
+        Mock::given(method(verb))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"code": "Success", "msg": "", "successCount": 1})),
+            )
+            .mount(&h.iterable)
+            .await;
+    }
+    h.insert(&[
+        track("a-1", "ann", "A"),
+        track("b-1", "bob", "B"),
+        track("a-2", "ann", "A"),
+        json!({"type": "track", "anonymousId": "ann", "messageId": "x-1", "event": "X"}),
+    ])
+    .await;
+
+    // Act 1: ann's deletion request arrives while her events wait.
+    h.insert(&[json!({"type": "delete", "userId": "ann", "messageId": "del-1"})])
+        .await;
+
+    // Assert 1: her waiting events are skipped and out of the outbox; the rest wait in it.
+    let s = states(&h).await;
+    assert_eq!(
+        s,
+        pairs(&[
+            ("a-1", "skipped"),
+            ("a-2", "skipped"),
+            ("b-1", "pending"),
+            ("del-1", "pending"),
+            ("x-1", "pending"),
+        ])
+    );
+    assert_outbox_is_the_pending_events(&h.pool).await;
+
+    // Act 2: an event of hers arrives after the request (suppressed on arrival), then
+    // everything is delivered (the deletion's answer redacts her everywhere).
+    h.insert(&[track("a-3", "ann", "A")]).await;
+    assert_outbox_is_the_pending_events(&h.pool).await;
+    h.drain_all().await;
+
+    // Assert 2: nothing pending, nothing in the outbox.
+    let s = states(&h).await;
+    assert_eq!(
+        s,
+        pairs(&[
+            ("a-1", "skipped"),
+            ("a-2", "skipped"),
+            ("a-3", "skipped"),
+            ("b-1", "delivered"),
+            ("del-1", "delivered"),
+            ("x-1", "delivered"),
+        ])
+    );
+    assert_outbox_is_the_pending_events(&h.pool).await;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn the_lane_follows_a_pending_events_user_key_when_a_deletion_rewrites_it() {
+    // Arrange: a deletion of ann, already suppressed (its request settled), and a visitor's
+    // pending event whose user_key is ann's userId as an anonymousId.
+    let h = Harness::start().await;
+    h.insert(&[json!({"type": "track", "anonymousId": "ann", "messageId": "x-1", "event": "X"})])
+        .await;
+    let before: i64 = sqlx::query_scalar("SELECT lane FROM outbox")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+
+    // Act: the redaction a settled deletion runs, as the trigger runs it.
+    sqlx::query(
+        "SELECT gateway_redact_user('shop', '[{\"kind\": \"userId\", \"value\": \"ann\"}]'::jsonb, 1, 0)",
+    )
+    .execute(&h.pool)
+    .await
+    .unwrap();
+
+    // Assert: whatever the redaction made of the user_key, the outbox row is in its lane.
+    let (user_key, state): (String, String) =
+        sqlx::query_as("SELECT user_key, state FROM event WHERE message_id = 'x-1'")
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    assert_ne!(user_key, "ann", "the user_key names the deleted user");
+    assert_eq!(state, "pending");
+    let after: i64 = sqlx::query_scalar("SELECT lane FROM outbox")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_ne!(before, after);
+    assert_outbox_is_the_pending_events(&h.pool).await;
+}
