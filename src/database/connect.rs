@@ -119,6 +119,11 @@ pub async fn pool(
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(timeout)
+        // No ping before each statement (sqlx's default): it was a round trip more for every
+        // statement, the group commit's among them (4.3 % of the gateway's CPU under load). A
+        // connection that died is found by the statement itself, whose error the callers
+        // handle as any database error (the group commit answers 503 and keeps the request).
+        .test_before_acquire(false)
         .connect_with(target.options.clone())
         .await
         .map_err(|e| ConnectError {

@@ -555,8 +555,9 @@ if [ "$remove" = 1 ]; then rm -rf "$dir"; fi"#;
         let _ = writeln!(s, "checkpoint_completion_target = 0.9");
         let _ = writeln!(s, "wal_compression = on");
         let _ = writeln!(s, "wal_buffers = 16MB");
-        // The outbox partitions ask to be vacuumed after 5 % dead rows (migrations/); look for
-        // them every 5 s instead of every minute, or claims slow down behind dead index entries.
+        // The event partitions ask to be vacuumed after 5 % dead rows and the outbox after 20,000
+        // (migrations/); look every 5 s instead of every minute, or claims slow down behind dead
+        // index entries.
         let _ = writeln!(s, "autovacuum_naptime = 5s");
         let _ = writeln!(s, "log_min_messages = warning");
         s

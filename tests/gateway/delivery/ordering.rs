@@ -234,7 +234,7 @@ async fn the_worker_loop_delivers_until_cancelled() {
 }
 
 #[tokio::test]
-async fn claims_and_lease_renewals_update_the_outbox_in_place() {
+async fn claims_renewals_and_settles_update_in_place() {
     // Arrange: one backend for the claim and the statistics, so they can be flushed and read
     // right after (PostgreSQL 15 counts HOT updates per backend and publishes them later).
     let h = Harness::start().await;
@@ -247,27 +247,34 @@ async fn claims_and_lease_renewals_update_the_outbox_in_place() {
         .connect_with((*h.pool.connect_options()).clone())
         .await
         .unwrap();
+    // [outbox updates, of which in place, event updates, of which in place]
     let counts = |pool: sqlx::PgPool| async move {
         sqlx::query("SELECT pg_stat_force_next_flush()")
             .execute(&pool)
             .await
             .unwrap();
-        // (outbox updates, of which in place; updates of any event partition)
-        sqlx::query_as::<_, (i64, i64, i64)>(
-            "SELECT sum(n_tup_upd) FILTER (WHERE relname = 'outbox')::bigint,
-                    sum(n_tup_hot_upd) FILTER (WHERE relname = 'outbox')::bigint,
-                    coalesce(sum(n_tup_upd) FILTER (WHERE relid IN (
-                        SELECT inhrelid FROM pg_inherits WHERE inhparent = 'event'::regclass)), 0)::bigint
-             FROM pg_stat_user_tables",
+        let c = sqlx::query_as::<_, (i64, i64, i64, i64)>(
+            "WITH t AS (
+                 SELECT relname = 'outbox' AS outbox, n_tup_upd, n_tup_hot_upd
+                 FROM pg_stat_user_tables
+                 WHERE relname = 'outbox' OR relid IN (
+                     SELECT inhrelid FROM pg_inherits WHERE inhparent = 'event'::regclass))
+             SELECT coalesce(sum(n_tup_upd) FILTER (WHERE outbox), 0)::bigint,
+                    coalesce(sum(n_tup_hot_upd) FILTER (WHERE outbox), 0)::bigint,
+                    coalesce(sum(n_tup_upd) FILTER (WHERE NOT outbox), 0)::bigint,
+                    coalesce(sum(n_tup_hot_upd) FILTER (WHERE NOT outbox), 0)::bigint
+             FROM t",
         )
         .fetch_one(&pool)
         .await
-        .unwrap()
+        .unwrap();
+        [c.0, c.1, c.2, c.3]
     };
-    let (updated_before, hot_before, events_before) = counts(one.clone()).await;
+    let before = counts(one.clone()).await;
+    let since = |now: [i64; 4]| -> [i64; 4] { std::array::from_fn(|i| now[i] - before[i]) };
 
     // Act: a claim of three events, then a renewal of their lease. (Few: an in-place update
-    // needs room on the row's page for the new version, and the outbox's pages keep half free.)
+    // needs room on the row's page for the new version.)
     let claimed = store::claim(&one, scope(), "me", 3, Duration::from_secs(60))
         .await
         .unwrap();
@@ -280,14 +287,21 @@ async fn claims_and_lease_renewals_update_the_outbox_in_place() {
     // the outbox (an index on a column a claim sets would make each claim an insert into
     // every index); and none of the event rows, the audit record, which only a settle updates.
     assert_eq!((claimed.len(), renewed), (3, 3));
-    let (updated, hot, events) = counts(one).await;
-    assert_eq!(updated - updated_before, 6);
-    assert_eq!(hot - hot_before, 6, "claims and renewals were not HOT");
-    assert_eq!(
-        events - events_before,
-        0,
-        "claims and renewals updated events"
-    );
+    assert_eq!(since(counts(one.clone()).await), [6, 6, 0, 0]);
+
+    // Act: they are delivered.
+    let delivered: Vec<Settle> = claimed
+        .iter()
+        .map(|c| Settle::of(c, Next::Delivered, None, Some("trackEvent".into())))
+        .collect();
+    let settled = store::settle(&one, scope().queue(), "me", &delivered)
+        .await
+        .unwrap();
+
+    // Assert: each event row updated once, in place (no index names a column a delivery
+    // changes: migration 20261207000500); their outbox rows deleted, not updated.
+    assert_eq!(settled, 3);
+    assert_eq!(since(counts(one).await), [6, 6, 3, 3]);
 }
 
 #[tokio::test]
