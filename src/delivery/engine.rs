@@ -177,7 +177,7 @@ pub(crate) async fn process<P: Partner>(
         claimed: claimed.len(),
         ..Report::default()
     };
-    let held: Vec<_> = claimed.iter().map(|e| (e.id, e.received_at)).collect();
+    let held: Vec<i64> = claimed.iter().map(|e| e.id).collect();
     let max = ctx.settings.delivery.max_attempts;
     let (worn, fresh): (Vec<Claimed>, Vec<Claimed>) =
         claimed.into_iter().partition(|e| e.attempts > max);

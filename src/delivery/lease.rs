@@ -4,7 +4,6 @@
 //! come, even when renewals fail (DESIGN §4: no event delivered twice by two dispatchers).
 
 use super::store;
-use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -52,7 +51,7 @@ impl Lease {
         pool: &PgPool,
         queue: store::Queue<'_>,
         owner: &str,
-        held: &[(i64, DateTime<Utc>)],
+        held: &[i64],
         renew: bool,
     ) -> std::convert::Infallible {
         let every = (self.length / 3).max(Duration::from_millis(100));

@@ -90,9 +90,10 @@ impl<'a> ClaimScope<'a> {
 /// each (connection, direction, user_key) is claimable, so one user's events are delivered in
 /// order, and a user's events in one direction never wait for the other direction's.
 ///
-/// One statement, `gateway_claim` (migration 20261207000400): it locks the due outbox rows
-/// (`SKIP LOCKED`), leases them and returns their events, planned through the indexes whatever
-/// the outbox's statistics say, so that a claim costs what its batch does, not the backlog.
+/// One statement, `gateway_claim` (migration 20261207000600): it locks the due outbox rows
+/// (`SKIP LOCKED`), leases them and returns their events, row by row through the indexes
+/// whatever the outbox's statistics say, so that a claim costs what its batch does, not the
+/// backlog.
 pub async fn claim(
     pool: &PgPool,
     scope: ClaimScope<'_>,
@@ -331,7 +332,7 @@ pub async fn extend_lease(
     pool: &PgPool,
     queue: Queue<'_>,
     owner: &str,
-    events: &[(i64, DateTime<Utc>)],
+    events: &[i64],
     lease: Duration,
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
@@ -342,7 +343,7 @@ pub async fn extend_lease(
     .bind(owner)
     .bind(queue.connection)
     .bind(queue.direction.as_str())
-    .bind(events.iter().map(|e| e.0).collect::<Vec<_>>())
+    .bind(events)
     .bind(lease.as_secs_f64())
     .execute(pool)
     .await?;

@@ -278,7 +278,7 @@ async fn claims_renewals_and_settles_update_in_place() {
     let claimed = store::claim(&one, scope(), "me", 3, Duration::from_secs(60))
         .await
         .unwrap();
-    let held: Vec<_> = claimed.iter().map(|c| (c.id, c.received_at)).collect();
+    let held: Vec<i64> = claimed.iter().map(|c| c.id).collect();
     let renewed = store::extend_lease(&one, scope().queue(), "me", &held, Duration::from_secs(60))
         .await
         .unwrap();
