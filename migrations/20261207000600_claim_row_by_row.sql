@@ -10,9 +10,9 @@
 -- a condition is still an index scan).
 --
 -- Now every step has one plan: the due rows in order through outbox_due (the only index that
--- gives that order), locked one by one; for each, the probe is a statement of its own whose only
--- index condition is the lane (outbox_lane); the claimed rows are updated by their tuple ids
--- (locked, so they cannot move), and each one's event is read by its primary key. A claim reads
+-- gives that order); for each, the probe is a statement of its own whose only
+-- index condition is the lane (outbox_lane), then the row is locked by its tuple id; the claimed
+-- rows are updated by their tuple ids (locked, so they cannot move), and each one's event is read by its primary key. A claim reads
 -- a few pages per event it looks at, not the backlog (test: a_claim_reads_its_batch_not_the_
 -- backlog_even_with_the_statistics_of_an_empty_outbox).
 CREATE OR REPLACE FUNCTION gateway_claim(p_connection text, p_direction text, p_owner text,
@@ -43,17 +43,25 @@ BEGIN
                WHERE m.connection = p_connection AND m.mode = 'live' AND m.alive_until > now())) THEN
         RETURN;
     END IF;
-    -- Due rows, oldest first, each locked as it is read (SKIP LOCKED: another dispatcher's are
-    -- passed over); a row whose lane has an older pending event is not claimable (the user's
-    -- order) and stays locked only until this statement ends.
+    -- Due rows, oldest first. A row whose lane has an older pending event is not claimable (the
+    -- user's order); a claimable one is locked then, if it is still due and nobody holds it
+    -- (SKIP LOCKED). Locking only those leaves the rest to other dispatchers: locked as read,
+    -- the rows a claim passed over were skipped by a concurrent one, which then found nothing
+    -- (delivery::ordering::two_dispatchers_on_one_database_never_send_the_same_event_twice
+    -- failed 3 times in 15). A row another claim took since this loop's snapshot has moved
+    -- (its tuple id shows a dead version) and is not found.
     FOR r IN SELECT o.ctid AS tid, o.event_id, o.received_at, o.lane FROM outbox o
              WHERE o.connection = p_connection AND o.direction = p_direction
                AND o.next_attempt_at <= now()
                AND (o.lease_until IS NULL OR o.lease_until < now())
-             ORDER BY o.event_id
-             FOR UPDATE SKIP LOCKED LOOP
+             ORDER BY o.event_id LOOP
         CONTINUE WHEN EXISTS (SELECT 1 FROM outbox older
                               WHERE older.lane = r.lane AND older.event_id < r.event_id);
+        PERFORM 1 FROM outbox o
+        WHERE o.ctid = r.tid
+          AND o.next_attempt_at <= now() AND (o.lease_until IS NULL OR o.lease_until < now())
+        FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
         tids := tids || r.tid;
         lo := least(lo, r.received_at);
         hi := greatest(hi, r.received_at);
