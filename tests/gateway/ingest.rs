@@ -232,6 +232,53 @@ async fn a_duplicate_message_id_is_acknowledged_but_not_delivered_twice() {
 }
 
 #[tokio::test]
+async fn a_batch_mixing_seen_and_new_message_ids_keeps_the_new_ones_and_is_recorded_once() {
+    // The group is first written as if every messageId were new; the one seen before makes
+    // that statement fail whole, and the group is written again marking its duplicate.
+    let app = spawn_app().await;
+    assert_eq!(app.post_v1("track", &track("m-seen")).await.status(), 200);
+    let batch = json!({"batch": [track("m-new-1"), track("m-seen"), track("m-new-2")]});
+    assert_eq!(app.post_v1("batch", &batch).await.status(), 200);
+
+    for new in ["m-new-1", "m-new-2"] {
+        assert_eq!(app.event_states(new).await, [("pending".to_string(), None)]);
+    }
+    let seen = app.event_states("m-seen").await;
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].0, "pending");
+    assert_eq!(seen[1].0, "skipped");
+    assert!(seen[1].1.as_deref().unwrap().starts_with("duplicate"));
+    let (requests, keys): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM inbound_request WHERE route = '/v1/batch'),
+                (SELECT count(*) FROM message_seen)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((requests, keys), (1, 3));
+}
+
+#[tokio::test]
+async fn the_same_message_id_posted_concurrently_is_pending_once() {
+    // Requests in flight together share a group, or go to different group commits whose
+    // inserts into message_seen meet on its unique index: one event is pending either way.
+    let app = spawn_app().await;
+    let posts = (0..8).map(|i| {
+        let mut event = track("m-race");
+        event["properties"] = json!({"try": i});
+        let app = &app;
+        async move { app.post_v1("track", &event).await.status() }
+    });
+    let statuses = futures_util::future::join_all(posts).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    let states = app.event_states("m-race").await;
+    assert_eq!(states.len(), 8);
+    let pending = states.iter().filter(|(s, _)| s == "pending").count();
+    assert_eq!(pending, 1, "{states:?}");
+}
+
+#[tokio::test]
 async fn filtered_and_unsubscribed_calls_are_skipped_with_the_reason() {
     let app = spawn_app().await;
     let mut off = track("m-off");
