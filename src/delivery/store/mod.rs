@@ -21,7 +21,7 @@ use crate::audit::Direction;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 /// An event claimed by a dispatcher.
@@ -90,10 +90,12 @@ impl<'a> ClaimScope<'a> {
 /// each (connection, direction, user_key) is claimable, so one user's events are delivered in
 /// order, and a user's events in one direction never wait for the other direction's.
 ///
-/// One statement, `gateway_claim` (migration 20261207000600): it locks the due outbox rows
-/// (`SKIP LOCKED`), leases them and returns their events, row by row through the indexes
-/// whatever the outbox's statistics say, so that a claim costs what its batch does, not the
-/// backlog.
+/// Two statements (migration 20261207000700). `gateway_claim_scan` reads the queue's head in
+/// order; a user's older open events are the rows read before its row, so the first row of
+/// each lane is its user's oldest, and it is chosen if it is due. `gateway_claim_take` then
+/// leases the chosen rows that are still due and free (`SKIP LOCKED`) and returns their events.
+/// Both go through the indexes whatever the outbox's statistics say, so that a claim costs
+/// what its batch does, not the backlog.
 pub async fn claim(
     pool: &PgPool,
     scope: ClaimScope<'_>,
@@ -101,22 +103,78 @@ pub async fn claim(
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let rows =
-        sqlx::query_as::<_, ClaimedRow>("SELECT * FROM gateway_claim($1, $2, $3, $4, $5, $6, $7)")
-            .bind(scope.connection)
-            .bind(scope.direction.as_str())
-            .bind(owner)
-            .bind(i32::try_from(limit).unwrap_or(i32::MAX))
-            .bind(lease.as_secs_f64())
-            .bind(scope.probe)
-            .bind(scope.dry_run)
-            .fetch_all(pool)
-            .await?;
+    let limit = usize::try_from(limit).unwrap_or(0);
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut rows: Vec<ClaimedRow> = Vec::new();
+    let mut lanes = HashSet::new();
+    // Rows another dispatcher took between the two statements are not taken here; then the
+    // claim reads the queue again from its head, a few times at most: what was taken since,
+    // by it or by the other, is leased now, and its lanes closed.
+    for _ in 0..TAKE_ROUNDS {
+        let want = limit - rows.len();
+        lanes.clear();
+        let mut after = i64::MIN;
+        // A head of blocked users (retries not yet due, a user with many events) is read
+        // through in growing pieces: few round trips, and never more than a piece beyond what
+        // is needed.
+        let mut piece = (2 * limit).clamp(16, MAX_SCAN_PIECE);
+        let mut read_all = false;
+        let (mut tids, mut ids) = (Vec::new(), Vec::new());
+        'scan: while !read_all {
+            let head: Vec<(String, i64, i64, bool)> =
+                sqlx::query_as("SELECT * FROM gateway_claim_scan($1, $2, $3, $4, $5, $6)")
+                    .bind(scope.connection)
+                    .bind(scope.direction.as_str())
+                    .bind(after)
+                    .bind(piece as i32)
+                    .bind(scope.probe)
+                    .bind(scope.dry_run)
+                    .fetch_all(pool)
+                    .await?;
+            let read = head.len();
+            for (tid, id, lane, due) in head {
+                after = id;
+                if lanes.insert(lane) && due {
+                    tids.push(tid);
+                    ids.push(id);
+                    if ids.len() == want {
+                        break 'scan;
+                    }
+                }
+            }
+            read_all = read < piece;
+            piece = (4 * piece).min(MAX_SCAN_PIECE);
+        }
+        if ids.is_empty() {
+            break;
+        }
+        let took =
+            sqlx::query_as::<_, ClaimedRow>("SELECT * FROM gateway_claim_take($1, $2, $3, $4)")
+                .bind(owner)
+                .bind(&tids)
+                .bind(&ids)
+                .bind(lease.as_secs_f64())
+                .fetch_all(pool)
+                .await?;
+        let taken = took.len();
+        rows.extend(took);
+        if rows.len() == limit || taken == ids.len() {
+            break;
+        }
+    }
     let mut claimed = with_payloads(pool, rows).await?;
     // RETURNING does not keep the claim's order.
     claimed.sort_by_key(|r| r.id);
     Ok(claimed)
 }
+
+/// The most rows of a queue one `gateway_claim_scan` reads.
+const MAX_SCAN_PIECE: usize = 50_000;
+
+/// How many times one claim chooses and takes.
+const TAKE_ROUNDS: usize = 4;
 
 /// The claimed rows with their payloads: the lines of those kept in their requests' blobs are
 /// read with one query (each blob once, however many of its events were claimed) and parsed

@@ -3,8 +3,11 @@
 //! request, on arrival, on redaction) or a replay.
 
 use super::{track, Harness};
+use gateway::audit::Direction;
+use gateway::delivery::store::{self, ClaimScope};
 use serde_json::json;
 use sqlx::PgPool;
+use std::time::Duration;
 use wiremock::matchers::method;
 use wiremock::{Mock, ResponseTemplate};
 
@@ -174,41 +177,48 @@ async fn a_claim_reads_its_batch_not_the_backlog_even_with_the_statistics_of_an_
         sqlx::query(sql).execute(&h.pool).await.unwrap();
     }
     let backlog_pages: i64 = sqlx::query_scalar(
-        "SELECT (pg_relation_size('outbox') + pg_relation_size('outbox_lane')) / 8192",
+        "SELECT (pg_relation_size('outbox') + pg_relation_size('outbox_due')) / 8192",
     )
     .fetch_one(&h.pool)
     .await
     .unwrap();
 
-    // One backend, whose first claim (of one event) has planned the function's statements and
+    // One backend, whose first claim (of one event) has planned the functions' statements and
     // filled its caches: the claim measured reads only what it needs.
     let one = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect_with((*h.pool.connect_options()).clone())
         .await
         .unwrap();
-    sqlx::query(
-        "SELECT * FROM gateway_claim('shop', 'segment_to_iterable', 'warm', 1, 60, false, false)",
-    )
-    .execute(&one)
-    .await
-    .unwrap();
-
-    // Act: a claim of 10.
-    let read = buffers(
-        &one,
-        "SELECT * FROM gateway_claim('shop', 'segment_to_iterable', 'me', 10, 60, false, false)",
-    )
-    .await;
-
-    // Assert: it took the ten next oldest (one per user: the first ids are of distinct users), reading a
-    // few pages per event, not the backlog (a hash anti-join or a scan of the queue per row
-    // reads the whole outbox at least once: that was the soak's stall).
-    let leased: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE lease_owner = 'me'")
-        .fetch_one(&h.pool)
+    let scope = ClaimScope {
+        direction: Direction::SegmentToIterable,
+        connection: "shop",
+        probe: false,
+        dry_run: false,
+    };
+    store::claim(&one, scope, "warm", 1, Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!(leased, 10);
+
+    // Act: a claim of 10, as `store::claim` makes it: the queue's head (20 rows), then the
+    // ten first of their users taken.
+    let scan =
+        "SELECT * FROM gateway_claim_scan('shop', 'segment_to_iterable', -1, 20, false, false)";
+    let head: Vec<(String, i64)> = sqlx::query_as(&scan.replace('*', "tid, event_id"))
+        .fetch_all(&one)
+        .await
+        .unwrap();
+    let (tids, ids): (Vec<String>, Vec<i64>) = head.into_iter().skip(1).take(10).unzip();
+    let take = format!(
+        "SELECT * FROM gateway_claim_take('me', '{{{}}}', '{{{}}}', 60)",
+        tids.iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(","),
+        ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","),
+    );
+    let read = buffers(&one, scan).await + buffers(&one, &take).await;
+
     assert!(
         read < backlog_pages / 4,
         "a claim of 10 read {read} buffers; the backlog is {backlog_pages} pages"
