@@ -5,9 +5,13 @@
 //! * `plan`: a parsed event → planned requests (the dispatcher's work per event);
 //! * `plan+serialize`: plus writing the request bodies as JSON;
 //! * `map_line`: `gateway map`'s whole per-line work: parse the line, map, render the output.
+//!
+//! And the dispatcher's bulk building (`delivery::iterable::bulk::build`): 1,000 planned items
+//! (identifies and tracks) into bulkUpdate and trackBulk bodies, serialised.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gateway::cli::map::Mapper;
+use gateway::delivery::iterable::bulk::{build, plan_event, BulkItem, Part};
 use gateway::mapping::{js, Destination, Outcome};
 use gateway::segment::event::SegmentEvent;
 use serde_json::{json, Map, Value};
@@ -88,5 +92,34 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+fn bulk(c: &mut Criterion) {
+    let dest = Destination::from_settings(&json!({"apiKey": "k"})).unwrap();
+    let raw = sample_events();
+    let items: Vec<BulkItem> = (0..1000)
+        .flat_map(|i| {
+            let e = SegmentEvent::from_value(raw[i % 2].clone(), None).unwrap();
+            plan_event(&dest, &e, NOW)
+                .parts
+                .into_iter()
+                .filter_map(|p| match p {
+                    Part::Bulk(b) => Some(b),
+                    Part::Single(_) => None,
+                })
+        })
+        .collect();
+    assert_eq!(items.len(), 1000, "every identify and track is a bulk item");
+    let refs: Vec<(usize, &BulkItem, bool)> = items
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (i, b, false))
+        .collect();
+    let mut g = c.benchmark_group("delivery");
+    g.throughput(Throughput::Elements(refs.len() as u64));
+    g.bench_function("bulk build", |b| {
+        b.iter(|| black_box(build(&dest, black_box(&refs), NOW)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bulk);
 criterion_main!(benches);

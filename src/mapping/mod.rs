@@ -224,7 +224,7 @@ impl Destination {
     pub fn perform_batch(
         &self,
         action: Action,
-        payloads: &[Map<String, Value>],
+        payloads: &[&Map<String, Value>],
         events: &[&Value],
         now_ms: i64,
     ) -> (Vec<PlannedRequest>, Vec<(usize, ActionError)>) {

@@ -341,7 +341,7 @@ fn chunk<K: Copy>(
     now_ms: i64,
     out: &mut Built<K>,
 ) {
-    let payloads: Vec<Map<String, Value>> = items.iter().map(|(_, i)| i.payload.clone()).collect();
+    let payloads: Vec<&Map<String, Value>> = items.iter().map(|(_, i)| &i.payload).collect();
     let events: Vec<&Value> = items.iter().map(|(_, i)| &i.event).collect();
     let (requests, errors) = dest.perform_batch(action, &payloads, &events, now_ms);
     let wires: Vec<String> = requests

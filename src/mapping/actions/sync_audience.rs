@@ -55,7 +55,7 @@ fn audience_setting<'a>(event: &'a Value, key: &str) -> Option<&'a Value> {
         .and_then(|s| s.get(key))
 }
 
-pub fn plan(payloads: &[Map<String, Value>], ctx: &Context<'_>, events: &[&Value]) -> ListPlan {
+pub fn plan(payloads: &[&Map<String, Value>], ctx: &Context<'_>, events: &[&Value]) -> ListPlan {
     match ctx.flavor {
         ListsFlavor::Audiences => plan_audiences(payloads, ctx, events),
         ListsFlavor::Lists => plan_lists(payloads, events),
@@ -74,7 +74,7 @@ pub fn perform(
             ));
         }
     }
-    let plan = plan(std::slice::from_ref(&payload), ctx, &[ctx.event]);
+    let plan = plan(&[&payload], ctx, &[ctx.event]);
     match plan.errors.into_iter().next() {
         Some((_, e)) => Err(e),
         None => Ok(plan.requests),
@@ -86,7 +86,7 @@ fn str_field<'a>(p: &'a Map<String, Value>, k: &str) -> Option<&'a Value> {
 }
 
 fn plan_audiences(
-    payloads: &[Map<String, Value>],
+    payloads: &[&Map<String, Value>],
     ctx: &Context<'_>,
     events: &[&Value],
 ) -> ListPlan {
@@ -172,7 +172,7 @@ fn plan_audiences(
     ListPlan { requests, errors }
 }
 
-fn plan_lists(payloads: &[Map<String, Value>], events: &[&Value]) -> ListPlan {
+fn plan_lists(payloads: &[&Map<String, Value>], events: &[&Value]) -> ListPlan {
     // Grouped per list id, in first-seen order; subscribes first, then unsubscribes.
     let mut subs: Vec<(String, Vec<Value>)> = Vec::new();
     let mut unsubs: Vec<(String, Vec<Value>)> = Vec::new();

@@ -51,10 +51,10 @@ pub fn perform(
     }])
 }
 
-pub fn perform_batch(payloads: &[Map<String, Value>], now_ms: i64) -> PlannedRequest {
+pub fn perform_batch(payloads: &[&Map<String, Value>], now_ms: i64) -> PlannedRequest {
     let events = payloads
         .iter()
-        .map(|p| Value::Object(event_body(p.clone(), now_ms)))
+        .map(|p| Value::Object(event_body((*p).clone(), now_ms)))
         .collect();
     let mut body = Map::new();
     body.insert("events".into(), Value::Array(events));

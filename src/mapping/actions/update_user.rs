@@ -80,7 +80,7 @@ fn update_email_body(payload: &Map<String, Value>, new_email: &Value) -> Value {
 }
 
 /// `performBatch`: `updateOnly` comes from the first payload only.
-pub fn perform_batch(payloads: &[Map<String, Value>]) -> PlannedRequest {
+pub fn perform_batch(payloads: &[&Map<String, Value>]) -> PlannedRequest {
     let mut body = Map::new();
     if let Some(u) = payloads
         .first()
@@ -92,7 +92,7 @@ pub fn perform_batch(payloads: &[Map<String, Value>]) -> PlannedRequest {
     let users = payloads
         .iter()
         .map(|p| {
-            let mut user = user_body(p.clone());
+            let mut user = user_body((*p).clone());
             if let Some(new_email) = p.get("newEmail").filter(|v| js::truthy(v)) {
                 if let Some(Value::Object(df)) = user.get_mut("dataFields") {
                     set(df, "email", new_email.clone());
