@@ -63,12 +63,15 @@ fn busiest(times: &[Instant], window: Duration) -> usize {
 }
 
 /// Asserts that no window of 1 s or 2 s saw more than `limit·W + burst + 1` requests, give or
-/// take the tokens of 50 ms: a request is counted here when it arrives, its token was taken
-/// just before it was sent, and on this shared machine the two can be tens of milliseconds
-/// apart (at 500/s, 50 ms is 25 requests; at 10/s, not one).
+/// take the tokens of 100 ms: a request is counted here when it arrives, its token was taken
+/// just before it was sent (a round's tokens at once, its requests sent together), and the two
+/// can be tens of milliseconds apart. Run alone on an idle machine, users/update at 500/s
+/// showed 1,528–1,535 arrivals in the busiest 2 s (the code of e8df259 as well as later): 56–70
+/// ms of tokens, past the 50 ms this allowed before (at 500/s, 100 ms is 50 requests; at 10/s,
+/// one). A limiter that did not hold would be seconds of tokens over.
 fn assert_within(times: &[Instant], limit: u32, what: &str) {
     let burst = limit.max(1) as usize; // one second's worth (limiter::BURST_SECS)
-    let lag = (limit as usize).div_ceil(20);
+    let lag = (limit as usize).div_ceil(10);
     for secs in [1u64, 2] {
         let seen = busiest(times, Duration::from_secs(secs));
         let bound = limit as usize * secs as usize + burst + 1 + lag;
