@@ -737,9 +737,10 @@ pub async fn write_group(pool: &PgPool, records: &[&InboundRecord]) -> Result<()
 ///
 /// Two round trips: the ids, then one statement that writes the requests, the first sightings
 /// of their messageIds and the events, and commits (a statement outside a transaction is its
-/// own); one more when the group carries a messageId seen before (see below). Each round trip waits for the database and then for this process to be scheduled
-/// again, which under load is what the tail of the acknowledgement latency is made of; as
-/// BEGIN, three INSERTs and COMMIT it was six.
+/// own); one more when the group carries a messageId seen before (see below). Each round trip
+/// waits for the database and then for this process to be scheduled again, which under load
+/// is what the tail of the acknowledgement latency is made of; as BEGIN, three INSERTs and
+/// COMMIT it was six.
 async fn write_group_ids(
     pool: &PgPool,
     records: &[&InboundRecord],

@@ -108,13 +108,12 @@ pub async fn claim(
         return Ok(Vec::new());
     }
     let mut rows: Vec<ClaimedRow> = Vec::new();
-    let mut lanes = HashSet::new();
     // Rows another dispatcher took between the two statements are not taken here; then the
     // claim reads the queue again from its head, a few times at most: what was taken since,
     // by it or by the other, is leased now, and its lanes closed.
     for _ in 0..TAKE_ROUNDS {
         let want = limit - rows.len();
-        lanes.clear();
+        let mut lanes = HashSet::new();
         let mut after = i64::MIN;
         // A head of blocked users (retries not yet due, a user with many events) is read
         // through in growing pieces: few round trips, and never more than a piece beyond what
