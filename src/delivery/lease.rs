@@ -28,6 +28,11 @@ impl Lease {
         }
     }
 
+    /// When the claim was taken or last renewed: the lease holds for its length from then.
+    pub fn taken(&self) -> Instant {
+        *self.until.lock().unwrap_or_else(|e| e.into_inner()) - self.length
+    }
+
     /// Whether the lease surely lasts `needed` more.
     pub fn allows(&self, needed: Duration) -> bool {
         self.slack(needed).is_some()

@@ -15,7 +15,7 @@ use super::iterable::Iterable;
 use super::lease::Lease;
 use super::limiter::record_wait;
 use super::segment::Segment;
-use super::store::{self, ClaimScope, PauseState};
+use super::store::{self, ClaimScope, Claimed, Next, PauseState, Settle};
 use super::{Clients, DeliveryError};
 use crate::audit::Direction;
 use crate::configuration::{DeliveryMode, Settings};
@@ -119,9 +119,10 @@ async fn work(
     tracing::info!(%owner, connection, direction = direction.as_str(), "Dispatcher started.");
     let poll = Duration::from_millis(settings.delivery.poll_interval_ms);
     let mut starting = true;
+    let mut carry = Carry::default();
     while !cancel.is_cancelled() {
         let nap = match step(
-            pool, settings, clients, &owner, connection, direction, starting,
+            pool, settings, clients, &owner, connection, direction, starting, &mut carry,
         )
         .await
         {
@@ -142,7 +143,63 @@ async fn work(
             }
         }
     }
+    // What waited for a token goes back to pending, for the next dispatcher to take at once.
+    let queue = store::Queue {
+        connection,
+        direction,
+    };
+    if let Err(e) = carry.give_back(pool, queue, &owner, Next::Release).await {
+        tracing::warn!(%owner, connection, error = %e, "Could not give back the events held for a rate limit; they are claimable again once their lease runs out.");
+    }
     tracing::info!(%owner, connection, "Dispatcher stopped.");
+}
+
+/// Events this dispatcher still leases, held back for a rate limit by its last batch
+/// ([`Report::carried`]), and when their lease was last taken or renewed.
+#[derive(Default)]
+struct Carry {
+    events: Vec<Claimed>,
+    taken: Option<Instant>,
+}
+
+impl Carry {
+    /// Carried longer than this, events are given back rather than carried on: a batch's lease
+    /// is its oldest event's, and carrying must not make the whole batch's lease too short for
+    /// a request to start.
+    fn too_old(&self, lease: Duration) -> bool {
+        self.taken.is_some_and(|t| t.elapsed() > lease / 4)
+    }
+
+    /// Takes the carried events and their lease's start.
+    fn take(&mut self) -> (Vec<Claimed>, Option<Instant>) {
+        (std::mem::take(&mut self.events), self.taken.take())
+    }
+
+    /// Writes the carried events back to pending (`next`: a release or a pause, either of
+    /// which gives the attempt back).
+    async fn give_back(
+        &mut self,
+        pool: &PgPool,
+        queue: store::Queue<'_>,
+        owner: &str,
+        next: Next,
+    ) -> Result<(), sqlx::Error> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        let why = match next {
+            Next::Pause => "not sent: the connection is paused",
+            _ => "held back for a rate limit, and given back",
+        };
+        let settles: Vec<Settle> = self
+            .events
+            .iter()
+            .map(|e| Settle::of(e, next, Some(why.to_string()), None))
+            .collect();
+        store::settle(pool, queue, owner, &settles).await?;
+        self.take();
+        Ok(())
+    }
 }
 
 /// Processes due events of every configured connection, both directions, until none is due
@@ -162,9 +219,14 @@ pub async fn drain(
         for c in &settings.connections {
             for direction in DIRECTIONS {
                 let mut first = starting;
+                // A step that carries events reports a wait for their token: the loop goes on
+                // until they are sent.
+                let mut carry = Carry::default();
                 loop {
-                    let s =
-                        step(pool, settings, clients, &owner, &c.name, direction, first).await?;
+                    let s = step(
+                        pool, settings, clients, &owner, &c.name, direction, first, &mut carry,
+                    )
+                    .await?;
                     first = false;
                     round += s.claimed;
                     if let Some((wait, _)) = s.limited {
@@ -186,6 +248,7 @@ pub async fn drain(
 /// What one step came to.
 #[derive(Debug, Default)]
 struct Stepped {
+    /// Events claimed by this step (not counting those carried from the last one).
     claimed: usize,
     limited: Option<(Duration, &'static str)>,
     /// Paused: the next look is due in this long.
@@ -205,8 +268,10 @@ impl Stepped {
     }
 }
 
-/// One claim of one connection and direction, and its processing. `starting`: the first step
-/// of a dispatcher, which probes a paused connection at once.
+/// One claim of one connection and direction, and its processing with the events `carry`
+/// held from the last step. `starting`: the first step of a dispatcher, which probes a paused
+/// connection at once.
+#[allow(clippy::too_many_arguments)]
 async fn step(
     pool: &PgPool,
     settings: &Settings,
@@ -215,6 +280,7 @@ async fn step(
     connection: &str,
     direction: Direction,
     starting: bool,
+    carry: &mut Carry,
 ) -> Result<Stepped, DeliveryError> {
     let d = &settings.delivery;
     let lease = Duration::from_secs(d.lease_secs);
@@ -225,6 +291,13 @@ async fn step(
         probe: false,
         dry_run: d.mode == DeliveryMode::DryRun,
     };
+    let queue = store::Queue {
+        connection,
+        direction,
+    };
+    if carry.too_old(lease) {
+        carry.give_back(pool, queue, owner, Next::Release).await?;
+    }
     let mut taken = Instant::now();
     let mut claimed = if starting {
         Vec::new()
@@ -240,6 +313,7 @@ async fn step(
             }
             PauseState::Running => {}
             PauseState::Paused(wait, reason) => {
+                carry.give_back(pool, queue, owner, Next::Pause).await?;
                 paused_gauge(connection, direction, &reason, 1.0);
                 return Ok(Stepped {
                     paused: Some(wait),
@@ -247,6 +321,7 @@ async fn step(
                 });
             }
             PauseState::Probe(reason) => {
+                carry.give_back(pool, queue, owner, Next::Pause).await?;
                 paused_gauge(connection, direction, &reason, 1.0);
                 scope.probe = true;
                 taken = Instant::now();
@@ -264,6 +339,14 @@ async fn step(
                 );
             }
         }
+    }
+    let fresh = claimed.len();
+    // The carried events first: they are the older ones.
+    let (mut carried, carried_taken) = carry.take();
+    if !carried.is_empty() {
+        carried.append(&mut claimed);
+        claimed = carried;
+        taken = carried_taken.map_or(taken, |t| t.min(taken));
     }
     if claimed.is_empty() {
         return Ok(Stepped::default());
@@ -312,8 +395,10 @@ async fn step(
     if let Some((wait, endpoint)) = report.limited {
         record_wait(connection, direction, endpoint, wait);
     }
+    carry.events = report.carried;
+    carry.taken = report.carried_taken;
     Ok(Stepped {
-        claimed: report.claimed,
+        claimed: fresh,
         limited: report.limited,
         paused: None,
     })

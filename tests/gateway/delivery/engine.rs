@@ -326,6 +326,90 @@ async fn under_the_limit_requests_fill_up_instead_of_going_out_one_item_each() {
 }
 
 #[tokio::test]
+async fn events_held_for_a_token_stay_leased_by_their_dispatcher_until_sent_or_stopped() {
+    // Arrange: trackBulk at 1/s, one dispatcher; a first request takes the token.
+    let h = Harness::with(|s| {
+        s.delivery.rate_limits =
+            [("default".into(), 0), ("/api/events/trackBulk".into(), 1)].into();
+        s.delivery.workers = 1;
+    })
+    .await;
+    Mock::given(method("POST"))
+        .and(path("/api/events/trackBulk"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"successCount": 1})))
+        .mount(&h.iterable)
+        .await;
+    h.insert(&[track("m-0", "u-0", "E")]).await;
+    let (cancel, run) = h.spawn_workers();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.received("/api/events/trackBulk").await.is_empty() {
+        assert!(Instant::now() < deadline, "the first request never went");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let held = |h: &Harness| {
+        let pool = h.pool.clone();
+        async move {
+            sqlx::query_as::<_, (i64, i64, i64)>(&format!(
+                "SELECT count(*) FILTER (WHERE lease_owner IS NOT NULL AND lease_until > now()),
+                        count(*) FILTER (WHERE state_reason IS NOT NULL),
+                        count(*) FILTER (WHERE attempts = 1)
+                 FROM {EVENTS} WHERE state = 'pending'"
+            ))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+
+    // Act 1: five events arrive while the next token is about a second away.
+    let five: Vec<Value> = (1..=5)
+        .map(|n| track(&format!("m-{n}"), &format!("u-{n}"), "E"))
+        .collect();
+    h.insert(&five).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    // Assert 1: the dispatcher holds them, leased, each on its first attempt, with nothing
+    // written back (a release would have cleared the lease and said why).
+    assert_eq!(held(&h).await, (5, 0, 5));
+
+    // Act 2: the dispatcher stops before their token comes.
+    cancel.cancel();
+    run.await.unwrap();
+
+    // Assert 2: they are given back to pending at once, their attempt with them.
+    let given_back: Vec<(Option<String>, Option<String>, i32)> = sqlx::query_as(&format!(
+        "SELECT lease_owner, state_reason, attempts FROM {EVENTS}
+         WHERE state = 'pending' ORDER BY message_id"
+    ))
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(given_back.len(), 5, "{given_back:?}");
+    for (owner, reason, attempts) in &given_back {
+        assert_eq!((owner, attempts), (&None, &0));
+        assert_eq!(
+            reason.as_deref(),
+            Some("held back for a rate limit, and given back")
+        );
+    }
+    assert_eq!(h.received("/api/events/trackBulk").await.len(), 1);
+
+    // Act 3: a new dispatcher takes them.
+    h.drain_all().await;
+
+    // Assert 3: all six delivered, the five together, each once.
+    let bodies = h.received("/api/events/trackBulk").await;
+    let items: Vec<usize> = bodies
+        .iter()
+        .map(|b| b["events"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(items, [1, 5]);
+    for n in 0..=5 {
+        assert_eq!(h.event(&format!("m-{n}")).await.state, "delivered");
+    }
+}
+
+#[tokio::test]
 async fn a_bad_key_pauses_only_its_connection_and_a_probe_or_a_new_key_resumes_it() {
     // Arrange: `shop` has a key Iterable refuses; `other` a good one.
     let metrics = gateway::telemetry::metrics_handle();
