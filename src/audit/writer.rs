@@ -113,18 +113,21 @@ impl GroupCommitter {
         let (tx, rx) = mpsc::channel::<Job>(settings.queue_requests.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let backlog = Arc::new(Backlog::default());
-        let reconciler = Reconciler::spawn(pool.clone(), health.clone(), backlog.clone());
+        let ids = Arc::new(RequestIds::default());
+        let reconciler =
+            Reconciler::spawn(pool.clone(), ids.clone(), health.clone(), backlog.clone());
         for _ in 0..settings.writers.max(1) {
-            let (pool, rx, health, reconciler, backlog) = (
+            let (pool, rx, health, reconciler, backlog, ids) = (
                 pool.clone(),
                 rx.clone(),
                 health.clone(),
                 reconciler.clone(),
                 backlog.clone(),
+                ids.clone(),
             );
             tokio::spawn(async move {
                 while let Some(group) = next_group(&rx, settings.max_group_events, &backlog).await {
-                    run_group(&pool, group, &health, &reconciler, &backlog).await;
+                    run_group(&pool, &ids, group, &health, &reconciler, &backlog).await;
                 }
             });
         }
@@ -255,6 +258,7 @@ async fn next_group(
 /// Writes one group and answers its handlers by the group's earliest deadline.
 async fn run_group(
     pool: &PgPool,
+    ids: &Arc<RequestIds>,
     group: Vec<Job>,
     health: &DatabaseHealth,
     reconciler: &Reconciler,
@@ -279,7 +283,7 @@ async fn run_group(
     }
     let started = std::time::Instant::now();
     let n = records.len();
-    let mut write = tokio::spawn(write_isolating(pool.clone(), records));
+    let mut write = tokio::spawn(write_isolating(pool.clone(), ids.clone(), records));
     // The answer comes by the deadline, or as soon as the database is known to be down (the
     // write goes on; what it commits is re-recorded as the 503 its clients got).
     let finished = tokio::select! {
@@ -374,7 +378,11 @@ pub fn is_data_error(e: &sqlx::Error) -> bool {
 
 /// Writes the records, isolating the ones whose data the database refuses (see the module
 /// documentation). Database failures are not retried.
-async fn write_isolating(pool: PgPool, records: Vec<InboundRecord>) -> GroupResult {
+async fn write_isolating(
+    pool: PgPool,
+    cache: Arc<RequestIds>,
+    records: Vec<InboundRecord>,
+) -> GroupResult {
     let mut verdicts: Vec<Option<Verdict>> = (0..records.len()).map(|_| None).collect();
     let mut ids_of: Vec<Option<i64>> = vec![None; records.len()];
     let mut pending: Vec<Vec<usize>> = vec![(0..records.len()).collect()];
@@ -382,7 +390,7 @@ async fn write_isolating(pool: PgPool, records: Vec<InboundRecord>) -> GroupResu
     while let Some(part) = pending.pop() {
         let refs: Vec<&InboundRecord> = part.iter().map(|i| &records[*i]).collect();
         let mut ids = Vec::new();
-        match write_group_ids(&pool, &refs, &mut ids).await {
+        match write_group_ids(&pool, Some(&cache), &refs, &mut ids).await {
             Ok(()) => {
                 for (i, id) in part.iter().zip(ids) {
                     verdicts[*i] = Some(Verdict::Committed(id));
@@ -402,7 +410,7 @@ async fn write_isolating(pool: PgPool, records: Vec<InboundRecord>) -> GroupResu
                     _ => None,
                 };
                 tracing::warn!(route = %records[i].route, sqlstate = ?code, "A request's data was refused by the database; it alone is refused.");
-                match write_refusal(&pool, &records[i], &why).await {
+                match write_refusal(&pool, &cache, &records[i], &why).await {
                     Ok(id) => verdicts[i] = Some(Verdict::Refused(id, why)),
                     Err(e) => {
                         failure = Some(format!("the refusal could not be recorded: {e}"));
@@ -461,6 +469,7 @@ fn db_message(e: &sqlx::Error) -> String {
 /// events; if even that is refused, without its headers and with a plain route.
 async fn write_refusal(
     pool: &PgPool,
+    ids: &RequestIds,
     record: &InboundRecord,
     why: &str,
 ) -> Result<i64, sqlx::Error> {
@@ -479,14 +488,14 @@ async fn write_refusal(
         events: Vec::new(),
         sealed: None,
     };
-    let mut ids = Vec::new();
-    match write_group_ids(pool, &[&refused], &mut ids).await {
+    let mut id = Vec::new();
+    match write_group_ids(pool, Some(ids), &[&refused], &mut id).await {
         Err(e) if is_data_error(&e) => plain(&mut refused),
-        other => return other.map(|()| ids[0]),
+        other => return other.map(|()| id[0]),
     }
-    ids.clear();
-    write_group_ids(pool, &[&refused], &mut ids).await?;
-    Ok(ids[0])
+    id.clear();
+    write_group_ids(pool, Some(ids), &[&refused], &mut id).await?;
+    Ok(id[0])
 }
 
 /// A record stripped to what any database takes: no headers, a printable route.
@@ -587,7 +596,12 @@ enum Reconcile {
 }
 
 impl Reconciler {
-    fn spawn(pool: PgPool, health: Arc<DatabaseHealth>, backlog: Arc<Backlog>) -> Reconciler {
+    fn spawn(
+        pool: PgPool,
+        ids: Arc<RequestIds>,
+        health: Arc<DatabaseHealth>,
+        backlog: Arc<Backlog>,
+    ) -> Reconciler {
         let (tx, mut rx) = mpsc::unbounded_channel::<Reconcile>();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -608,7 +622,7 @@ impl Reconciler {
                     },
                     _ = tick.tick() => {
                         if health.is_up() {
-                            flush(&pool, &backlog).await;
+                            flush(&pool, &ids, &backlog).await;
                         }
                     }
                 }
@@ -677,7 +691,7 @@ async fn settle(pool: &PgPool, committed: Vec<i64>, unwritten: Vec<Unwritten>, b
 }
 
 /// Writes the backlog while the database takes it.
-async fn flush(pool: &PgPool, backlog: &Backlog) {
+async fn flush(pool: &PgPool, ids: &RequestIds, backlog: &Backlog) {
     loop {
         let (mut records, dropped) = backlog.take(500);
         if records.is_empty() && dropped == 0 {
@@ -703,14 +717,17 @@ async fn flush(pool: &PgPool, backlog: &Backlog) {
             });
         }
         let refs: Vec<&InboundRecord> = records.iter().collect();
-        match write_group_ids(pool, &refs, &mut Vec::new()).await {
+        match write_group_ids(pool, Some(ids), &refs, &mut Vec::new()).await {
             Ok(()) => {}
             Err(e) if is_data_error(&e) => {
                 // One of them will not go in as it is: one by one, plain if need be.
                 for mut r in records {
-                    if write_group_ids(pool, &[&r], &mut Vec::new()).await.is_err() {
+                    if write_group_ids(pool, Some(ids), &[&r], &mut Vec::new())
+                        .await
+                        .is_err()
+                    {
                         plain(&mut r);
-                        let _ = write_group_ids(pool, &[&r], &mut Vec::new()).await;
+                        let _ = write_group_ids(pool, Some(ids), &[&r], &mut Vec::new()).await;
                     }
                 }
             }
@@ -730,30 +747,69 @@ async fn flush(pool: &PgPool, backlog: &Backlog) {
 
 /// Writes the records in one transaction: requests, first sightings of messageIds, events.
 pub async fn write_group(pool: &PgPool, records: &[&InboundRecord]) -> Result<(), sqlx::Error> {
-    write_group_ids(pool, records, &mut Vec::new()).await
+    write_group_ids(pool, None, records, &mut Vec::new()).await
 }
 
-/// [`write_group`]; `ids` receives the requests' ids as soon as they are allocated.
+/// Request ids taken from `inbound_request`'s sequence in blocks, for everything one
+/// [`GroupCommitter`] writes: a group's ids are then known before its statement, without a
+/// round trip of their own. A group commit was two round trips, the ids and the statement;
+/// under load each waits for the database and then for this process to be scheduled again, and
+/// that wait is what the tail of the acknowledgement latency is made of. Within a process the
+/// ids still follow the order the requests were written in (one block at a time); ids are
+/// never handed out twice, and those of a block a process does not use (it stops) are gaps, as
+/// rolled-back inserts leave.
+#[derive(Default)]
+pub struct RequestIds {
+    /// Taken from the sequence and not handed out yet, in order. An async lock: a writer that
+    /// finds it empty holds it while fetching the next block, so blocks are used one by one.
+    left: Mutex<VecDeque<i64>>,
+}
+
+impl RequestIds {
+    /// Ids taken from the sequence at once.
+    const BLOCK: usize = 1024;
+
+    /// `n` ids, in increasing order.
+    async fn take(&self, pool: &PgPool, n: usize) -> Result<Vec<i64>, sqlx::Error> {
+        let mut left = self.left.lock().await;
+        if left.len() < n {
+            left.extend(next_ids(pool, n.max(Self::BLOCK)).await?);
+        }
+        Ok(left.drain(..n).collect())
+    }
+}
+
+/// `n` new ids from `inbound_request`'s sequence, in increasing order.
+async fn next_ids(pool: &PgPool, n: usize) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT nextval(pg_get_serial_sequence('inbound_request', 'id')) FROM generate_series(1, $1)",
+    )
+    .bind(n as i32)
+    .fetch_all(pool)
+    .await
+}
+
+/// [`write_group`]; `ids` receives the requests' ids as soon as they are allocated (from
+/// `cache` when given: see [`RequestIds`]).
 ///
-/// Two round trips: the ids, then one statement that writes the requests, the first sightings
-/// of their messageIds and the events, and commits (a statement outside a transaction is its
-/// own); one more when the group carries a messageId seen before (see below). Each round trip
-/// waits for the database and then for this process to be scheduled again, which under load
-/// is what the tail of the acknowledgement latency is made of; as BEGIN, three INSERTs and
-/// COMMIT it was six.
+/// Two round trips, one with `cache`: the ids, then one statement that writes the requests,
+/// the first sightings of their messageIds and the events, and commits (a statement outside a
+/// transaction is its own); one more when the group carries a messageId seen before (see
+/// below). Each round trip waits for the database and then for this process to be scheduled
+/// again, which under load is what the tail of the acknowledgement latency is made of; as
+/// BEGIN, three INSERTs and COMMIT it was six.
 async fn write_group_ids(
     pool: &PgPool,
+    cache: Option<&RequestIds>,
     records: &[&InboundRecord],
     ids: &mut Vec<i64>,
 ) -> Result<(), sqlx::Error> {
     // Allocated first, so that a write whose COMMIT may have landed unseen can be looked up by
     // them (the reconciler).
-    *ids = sqlx::query_scalar(
-        "SELECT nextval(pg_get_serial_sequence('inbound_request', 'id')) FROM generate_series(1, $1)",
-    )
-    .bind(records.len() as i32)
-    .fetch_all(pool)
-    .await?;
+    *ids = match cache {
+        Some(cache) => cache.take(pool, records.len()).await?,
+        None => next_ids(pool, records.len()).await?,
+    };
     let ids: &[i64] = ids;
     // Each request's events, as normalised, once: one blob of JSON lines beside its raw body
     // (migration 20261202000800); the event rows say where their line is.

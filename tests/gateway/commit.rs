@@ -175,3 +175,56 @@ async fn the_writers_message_key_is_the_one_sql_computes() {
         gateway::audit::message_key("a", Direction::SegmentToIterable, "1:b"),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_come_in_blocks_that_two_processes_never_share() {
+    // Arrange: two committers on one database, as two gateway processes would have.
+    let (pool, _db) = fresh_database().await;
+    gateway::database::migrate(&pool).await.unwrap();
+    let spawn = || {
+        GroupCommitter::spawn(
+            pool.clone(),
+            CommitterSettings {
+                writers: 2,
+                max_group_events: 5000,
+                queue_requests: 100,
+                queue_bytes: 1 << 20,
+            },
+            DatabaseHealth::new(),
+        )
+    };
+    let (a, b) = (spawn(), spawn());
+
+    // Act: 30 requests through each, concurrently.
+    let mut sent = tokio::task::JoinSet::new();
+    for n in 0..60 {
+        let committer = if n % 2 == 0 { a.clone() } else { b.clone() };
+        sent.spawn(async move {
+            committer
+                .commit(
+                    record(&format!("r{n}")),
+                    Instant::now() + Duration::from_secs(10),
+                )
+                .await
+        });
+    }
+    while let Some(reply) = sent.join_next().await {
+        assert!(matches!(reply.unwrap(), Ok(Committed::AsSent)));
+    }
+
+    // Assert: 60 rows with 60 ids; the sequence moved by whole blocks, one per committer, not
+    // by a round trip per group.
+    let (rows, distinct): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT id) FROM inbound_request")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((rows, distinct), (60, 60));
+    let last: i64 = sqlx::query_scalar(
+        "SELECT last_value FROM pg_sequences WHERE sequencename = 'inbound_request_id_seq'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(last, 2048, "two blocks of 1,024");
+}
