@@ -50,16 +50,19 @@ pub async fn run(
     ));
     for c in &settings.connections {
         for direction in DIRECTIONS {
+            let turn = Arc::new(tokio::sync::Mutex::new(()));
             for _ in 0..settings.delivery.workers {
-                let (pool, settings, clients, cancel) = (
+                let (pool, settings, clients, cancel, turn) = (
                     pool.clone(),
                     settings.clone(),
                     clients.clone(),
                     cancel.clone(),
+                    turn.clone(),
                 );
                 let connection = c.name.clone();
                 workers.spawn(async move {
-                    work(&pool, &settings, &clients, &cancel, &connection, direction).await
+                    let queue = (connection.as_str(), direction);
+                    work(&pool, &settings, &clients, &cancel, queue, &turn).await
                 });
             }
         }
@@ -106,14 +109,15 @@ fn mode(settings: &Settings) -> &'static str {
     }
 }
 
-/// One dispatcher of one connection and direction.
+/// One dispatcher of one connection and direction. `turn` is shared by this process's
+/// dispatchers of that queue: they claim one at a time.
 async fn work(
     pool: &PgPool,
     settings: &Settings,
     clients: &Clients,
     cancel: &CancellationToken,
-    connection: &str,
-    direction: Direction,
+    (connection, direction): (&str, Direction),
+    turn: &ClaimTurn,
 ) {
     let owner = new_owner("dispatcher");
     tracing::info!(%owner, connection, direction = direction.as_str(), "Dispatcher started.");
@@ -122,7 +126,7 @@ async fn work(
     let mut carry = Carry::default();
     while !cancel.is_cancelled() {
         let nap = match step(
-            pool, settings, clients, &owner, connection, direction, starting, &mut carry,
+            pool, settings, clients, &owner, connection, direction, starting, &mut carry, turn,
         )
         .await
         {
@@ -222,9 +226,11 @@ pub async fn drain(
                 // A step that carries events reports a wait for their token: the loop goes on
                 // until they are sent.
                 let mut carry = Carry::default();
+                let turn = ClaimTurn::default();
                 loop {
                     let s = step(
                         pool, settings, clients, &owner, &c.name, direction, first, &mut carry,
+                        &turn,
                     )
                     .await?;
                     first = false;
@@ -281,6 +287,7 @@ async fn step(
     direction: Direction,
     starting: bool,
     carry: &mut Carry,
+    turn: &ClaimTurn,
 ) -> Result<Stepped, DeliveryError> {
     let d = &settings.delivery;
     let lease = Duration::from_secs(d.lease_secs);
@@ -302,14 +309,14 @@ async fn step(
     let mut claimed = if starting {
         Vec::new()
     } else {
-        store::claim(pool, scope, owner, d.claim_batch, lease).await?
+        claim(turn, pool, scope, owner, d.claim_batch, lease).await?
     };
     if claimed.is_empty() {
         // Nothing claimable: maybe because the connection is paused.
         match store::pause_state(pool, connection, direction, probe_every, starting).await? {
             PauseState::Running if starting => {
                 taken = Instant::now();
-                claimed = store::claim(pool, scope, owner, d.claim_batch, lease).await?;
+                claimed = claim(turn, pool, scope, owner, d.claim_batch, lease).await?;
             }
             PauseState::Running => {}
             PauseState::Paused(wait, reason) => {
@@ -325,7 +332,7 @@ async fn step(
                 paused_gauge(connection, direction, &reason, 1.0);
                 scope.probe = true;
                 taken = Instant::now();
-                claimed = store::claim(pool, scope, owner, 1, lease).await?;
+                claimed = claim(turn, pool, scope, owner, 1, lease).await?;
                 if claimed.is_empty() {
                     return Ok(Stepped {
                         paused: Some(probe_every),
@@ -409,6 +416,27 @@ fn paused_gauge(connection: &str, direction: Direction, reason: &str, value: f64
         "connection" => connection.to_string(), "direction" => direction.as_str(),
         "reason" => reason.to_string())
     .set(value);
+}
+
+/// Taken by a dispatcher for its claim, by the others of its process and queue meanwhile.
+/// Two dispatchers claiming at once read the same head of the queue and try to lock the same
+/// rows; the one that loses has read and tried them for nothing (7 ms for 598 rows under load,
+/// `auto_explain`) and reads again. One after the other, the second sees the first's rows
+/// leased and passes them by. Dispatchers of other processes still claim concurrently: `SKIP
+/// LOCKED` keeps that safe.
+type ClaimTurn = tokio::sync::Mutex<()>;
+
+/// [`store::claim`] in this dispatcher's turn.
+async fn claim(
+    turn: &ClaimTurn,
+    pool: &PgPool,
+    scope: ClaimScope<'_>,
+    owner: &str,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let _turn = turn.lock().await;
+    store::claim(pool, scope, owner, limit, lease).await
 }
 
 /// A lease owner id: unique per dispatcher, and readable in `event.lease_owner`.

@@ -224,3 +224,73 @@ async fn a_claim_reads_its_batch_not_the_backlog_even_with_the_statistics_of_an_
         "a claim of 10 read {read} buffers; the backlog is {backlog_pages} pages"
     );
 }
+
+#[tokio::test]
+async fn a_settle_reads_its_batch_not_the_backlog_even_with_the_statistics_of_an_empty_outbox() {
+    // Arrange: as for the claim above; one backend whose first settle planned the function's
+    // statements (planned once per connection, so with the statistics of that moment).
+    let h = Harness::start().await;
+    for sql in [
+        "ALTER TABLE outbox SET (autovacuum_enabled = false)",
+        "ANALYZE outbox",
+    ] {
+        sqlx::query(sql).execute(&h.pool).await.unwrap();
+    }
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*h.pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let settle = |ids: Vec<i64>| {
+        format!(
+            "SELECT gateway_settle('me', 'shop', 'segment_to_iterable', 'delivered', NULL, 'a',
+                                   '{{{}}}', NULL, now() - interval '1 day', now())",
+            ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+        )
+    };
+    sqlx::query(&settle(vec![-1])).execute(&one).await.unwrap();
+    sqlx::query(
+        "INSERT INTO event (request_id, connection, direction, message_id, user_key, payload, state)
+         SELECT 0, 'shop', 'segment_to_iterable', 'm-' || i, 'u-' || (i % 4000), '{}', 'pending'
+         FROM generate_series(1, 40000) i",
+    )
+    .execute(&h.pool)
+    .await
+    .unwrap();
+    let backlog_pages: i64 = sqlx::query_scalar(
+        "SELECT (pg_relation_size('outbox') + pg_relation_size('outbox_due')) / 8192",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    let scope = ClaimScope {
+        direction: Direction::SegmentToIterable,
+        connection: "shop",
+        probe: false,
+        dry_run: false,
+    };
+
+    // Act: ten claimed and delivered, three times over. The fewest buffers of the three count:
+    // a backend that rebuilds its catalog caches (other tests create databases meanwhile)
+    // counts those reads in the statement that triggered them.
+    let mut read = i64::MAX;
+    for _ in 0..3 {
+        let claimed = store::claim(&one, scope, "me", 10, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 10);
+        let settled = buffers(&one, &settle(claimed.iter().map(|e| e.id).collect())).await;
+        read = read.min(settled);
+    }
+
+    // Assert: a few buffers per event, not the queue; and they are settled.
+    assert!(
+        read < backlog_pages / 4,
+        "a settle of 10 read {read} buffers; the backlog is {backlog_pages} pages"
+    );
+    let delivered: i64 = sqlx::query_scalar("SELECT count(*) FROM event WHERE state = 'delivered'")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(delivered, 30);
+}
