@@ -294,3 +294,56 @@ async fn a_settle_reads_its_batch_not_the_backlog_even_with_the_statistics_of_an
         .unwrap();
     assert_eq!(delivered, 30);
 }
+
+#[tokio::test]
+async fn an_attempt_is_committed_without_waiting_for_the_disk_and_the_connection_stays_durable() {
+    // Arrange: one connection, so that what the attempt's statement set would show on the next;
+    // durable commits on it (the test cluster runs without them).
+    let h = Harness::start().await;
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*h.pool.connect_options()).clone())
+        .await
+        .unwrap();
+    sqlx::query("SET synchronous_commit = on")
+        .execute(&one)
+        .await
+        .unwrap();
+    let headers = json!({"Content-Type": "application/json"});
+    let attempt = store::Attempt {
+        connection: "shop",
+        direction: Direction::SegmentToIterable,
+        endpoint: "/api/events/track",
+        method: "POST",
+        url: "http://iterable.test/api/events/track",
+        request_headers: &headers,
+        request_body: Some(r#"{"eventName":"E"}"#),
+        attempt: 1,
+        dry_run: false,
+        status: Some(200),
+        response_headers: None,
+        response_body: Some("{}"),
+        duration: Some(Duration::from_millis(3)),
+        outcome: store::AttemptOutcome::Delivered,
+        error: None,
+        event_ids: &[7],
+        user_hashes: None,
+    };
+
+    // Act
+    store::record_attempt(&one, &attempt).await.unwrap();
+
+    // Assert: recorded and visible at once; the next statement on that connection commits
+    // durably again.
+    let (endpoint, ids): (String, Vec<i64>) =
+        sqlx::query_as("SELECT endpoint, event_ids FROM delivery_attempt")
+            .fetch_one(&one)
+            .await
+            .unwrap();
+    assert_eq!((endpoint.as_str(), ids), ("/api/events/track", vec![7]));
+    let after: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&one)
+        .await
+        .unwrap();
+    assert_eq!(after, "on");
+}
