@@ -759,7 +759,7 @@ pub async fn write_group(pool: &PgPool, records: &[&InboundRecord]) -> Result<()
 /// never handed out twice, and those of a block a process does not use (it stops) are gaps, as
 /// rolled-back inserts leave.
 #[derive(Default)]
-pub struct RequestIds {
+struct RequestIds {
     /// Taken from the sequence and not handed out yet, in order. An async lock: a writer that
     /// finds it empty holds it while fetching the next block, so blocks are used one by one.
     left: Mutex<VecDeque<i64>>,

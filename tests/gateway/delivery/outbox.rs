@@ -150,6 +150,16 @@ async fn the_lane_follows_a_pending_events_user_key_when_a_deletion_rewrites_it(
     assert_outbox_is_the_pending_events(&h.pool).await;
 }
 
+/// A pool of one connection to the harness's database: one backend, whose plans and settings
+/// carry from one statement to the next.
+async fn one_backend(h: &Harness) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*h.pool.connect_options()).clone())
+        .await
+        .unwrap()
+}
+
 /// Shared buffers a statement touched, from its `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)`
 /// (the statements a function runs count towards the node that calls it).
 async fn buffers(pool: &PgPool, sql: &str) -> i64 {
@@ -185,11 +195,7 @@ async fn a_claim_reads_its_batch_not_the_backlog_even_with_the_statistics_of_an_
 
     // One backend, whose first claim (of one event) has planned the functions' statements and
     // filled its caches: the claim measured reads only what it needs.
-    let one = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with((*h.pool.connect_options()).clone())
-        .await
-        .unwrap();
+    let one = one_backend(&h).await;
     let scope = ClaimScope {
         direction: Direction::SegmentToIterable,
         connection: "shop",
@@ -236,11 +242,7 @@ async fn a_settle_reads_its_batch_not_the_backlog_even_with_the_statistics_of_an
     ] {
         sqlx::query(sql).execute(&h.pool).await.unwrap();
     }
-    let one = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with((*h.pool.connect_options()).clone())
-        .await
-        .unwrap();
+    let one = one_backend(&h).await;
     let settle = |ids: Vec<i64>| {
         format!(
             "SELECT gateway_settle('me', 'shop', 'segment_to_iterable', 'delivered', NULL, 'a',
@@ -300,11 +302,7 @@ async fn an_attempt_is_committed_without_waiting_for_the_disk_and_the_connection
     // Arrange: one connection, so that what the attempt's statement set would show on the next;
     // durable commits on it (the test cluster runs without them).
     let h = Harness::start().await;
-    let one = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with((*h.pool.connect_options()).clone())
-        .await
-        .unwrap();
+    let one = one_backend(&h).await;
     sqlx::query("SET synchronous_commit = on")
         .execute(&one)
         .await
