@@ -153,8 +153,6 @@ pub(crate) struct Report {
     /// second read of each; at 5,000 events/s that was most of what dispatching cost
     /// PostgreSQL (2.5 outbox updates per event delivered).
     pub carried: Vec<Claimed>,
-    /// When the lease of `carried` was last taken or renewed.
-    pub carried_taken: Option<std::time::Instant>,
 }
 
 /// Everything a batch works with.
@@ -277,9 +275,6 @@ pub(crate) async fn process<P: Partner>(
         .zip(carry)
         .filter_map(|(job, carried)| carried.then_some(job.event))
         .collect();
-    if !report.carried.is_empty() {
-        report.carried_taken = Some(lease.taken());
-    }
     Ok(report)
 }
 

@@ -402,8 +402,9 @@ async fn step(
     if let Some((wait, endpoint)) = report.limited {
         record_wait(connection, direction, endpoint, wait);
     }
+    // Their lease is the batch's, renewed with it while the batch ran.
+    carry.taken = (!report.carried.is_empty()).then(|| lease.taken());
     carry.events = report.carried;
-    carry.taken = report.carried_taken;
     Ok(Stepped {
         claimed: fresh,
         limited: report.limited,
