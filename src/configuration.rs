@@ -129,6 +129,10 @@ pub struct DeliverySettings {
     pub workers: usize,
     /// Most events one dispatcher claims at a time.
     pub claim_batch: i64,
+    /// PostgreSQL connections this process's dispatchers share: a pool of their own, apart
+    /// from ingest's (`worker::run`).
+    #[serde(default = "default_database_connections")]
+    pub database_connections: u32,
     /// Seconds a claim lasts; an event whose dispatcher died is claimable again after it.
     pub lease_secs: u64,
     /// Attempts before an event is `dead`.
@@ -153,6 +157,10 @@ pub struct DeliverySettings {
     /// calls for that user, and the other way round (`delivery::window`); 0: no window.
     #[serde(default = "default_user_call_window_ms")]
     pub user_call_window_ms: u64,
+}
+
+fn default_database_connections() -> u32 {
+    1
 }
 
 fn default_pause_probe_secs() -> u64 {
@@ -190,6 +198,12 @@ impl DeliverySettings {
             return bad(format!(
                 "delivery.claim_batch is {}; it must be at least 1",
                 self.claim_batch
+            ));
+        }
+        if self.database_connections < 1 {
+            return bad(format!(
+                "delivery.database_connections is {}; it must be at least 1",
+                self.database_connections
             ));
         }
         if self.max_attempts < 1 {
@@ -583,8 +597,12 @@ mod tests {
     #[test]
     fn delivery_ranges_are_checked_with_the_key_named() {
         type Change = fn(&mut DeliverySettings);
-        let cases: [(Change, &str); 7] = [
+        let cases: [(Change, &str); 8] = [
             (|d| d.lease_secs = 0, "delivery.lease_secs is 0"),
+            (
+                |d| d.database_connections = 0,
+                "delivery.database_connections is 0",
+            ),
             (|d| d.max_attempts = 0, "delivery.max_attempts is 0"),
             (|d| d.max_attempts = -3, "delivery.max_attempts is -3"),
             (|d| d.claim_batch = 0, "delivery.claim_batch is 0"),

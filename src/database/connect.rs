@@ -137,6 +137,26 @@ pub async fn pool(
         })
 }
 
+/// A second pool of at most `max_connections` on `pool`'s database, opened lazily, whose
+/// connections show as `application_name` in `pg_stat_activity`.
+pub fn sibling(
+    pool: &PgPool,
+    max_connections: u32,
+    timeout: Duration,
+    application_name: &str,
+) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(timeout)
+        // As in [`pool`]: no ping before each statement.
+        .test_before_acquire(false)
+        .connect_lazy_with(
+            (*pool.connect_options())
+                .clone()
+                .application_name(application_name),
+        )
+}
+
 fn classify(e: &sqlx::Error, options: &PgConnectOptions) -> Cause {
     match e {
         sqlx::Error::Io(io) => match io.kind() {
