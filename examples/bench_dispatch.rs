@@ -84,7 +84,8 @@ fn settings(iterable: &MockServer, connections: &[&str]) -> Settings {
     s.delivery.mode = DeliveryMode::Live;
     s.delivery.request_timeout_ms = 2000;
     s.delivery.retry_base_ms = 1000;
-    // The shipped workers and claim_batch unless BENCH_WORKERS / BENCH_CLAIM say otherwise.
+    // The shipped workers, claim_batch and database_connections unless BENCH_WORKERS /
+    // BENCH_CLAIM / BENCH_DB_CONNECTIONS say otherwise.
     if let Some(w) = std::env::var("BENCH_WORKERS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -96,6 +97,12 @@ fn settings(iterable: &MockServer, connections: &[&str]) -> Settings {
         .and_then(|v| v.parse().ok())
     {
         s.delivery.claim_batch = c;
+    }
+    if let Some(n) = std::env::var("BENCH_DB_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        s.delivery.database_connections = n;
     }
     s.iterable = UpstreamSettings {
         us_url: iterable.uri(),

@@ -129,8 +129,8 @@ pub struct DeliverySettings {
     pub workers: usize,
     /// Most events one dispatcher claims at a time.
     pub claim_batch: i64,
-    /// PostgreSQL connections this process's dispatchers share: a pool of their own, apart
-    /// from ingest's (`worker::run`).
+    /// PostgreSQL connections each connection's dispatchers (both directions) share: a pool of
+    /// their own, apart from ingest's and from the other connections' (`worker::run`).
     #[serde(default = "default_database_connections")]
     pub database_connections: u32,
     /// Seconds a claim lasts; an event whose dispatcher died is claimable again after it.

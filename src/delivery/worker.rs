@@ -19,6 +19,7 @@ use super::store::{self, ClaimScope, Claimed, Next, PauseState, Settle};
 use super::{Clients, DeliveryError};
 use crate::audit::Direction;
 use crate::configuration::{DeliveryMode, Settings};
+use crate::database::connect;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,29 +41,6 @@ pub async fn run(
     if settings.delivery.workers == 0 {
         return;
     }
-    // The dispatchers' own connections, apart from ingest's. On a database with few cores,
-    // delivery's statements (claims, settles, attempts, tokens) running beside each other took
-    // the cores that ingest's group commits wait for: with one connection at 5,000 events/s the
-    // acknowledgement p99 fell by a quarter and PostgreSQL used less CPU for the same work
-    // (BENCHMARKS.md, issue 12, eighth session). Delivery kept up: its statements take a few
-    // milliseconds each, and no connection is held across a request to a partner.
-    let pool = crate::database::connect::sibling(
-        &pool,
-        settings.delivery.database_connections,
-        Duration::from_millis(settings.database.commit_timeout_ms),
-        "gateway delivery",
-    );
-    dispatch(&pool, &settings, &clients, &cancel).await;
-    pool.close().await;
-}
-
-/// [`run`] on the dispatchers' pool.
-async fn dispatch(
-    pool: &PgPool,
-    settings: &Arc<Settings>,
-    clients: &Clients,
-    cancel: &CancellationToken,
-) {
     let process = new_owner("process");
     let mut workers = tokio::task::JoinSet::new();
     workers.spawn(announce_mode(
@@ -71,12 +49,29 @@ async fn dispatch(
         process.clone(),
         cancel.clone(),
     ));
+    let mut pools = Vec::new();
     for c in &settings.connections {
+        // Each connection's dispatchers (both directions) have database connections of their
+        // own, apart from ingest's and from the other connections'. On a database with few
+        // cores, a connection's statements (claims, settles, attempts, tokens) running beside
+        // each other took the cores that ingest's group commits wait for: with one connection
+        // at 5,000 events/s the acknowledgement p90 and p99 fell by a fifth and PostgreSQL used
+        // less CPU for the same work (BENCHMARKS.md, issue 12, eighth session). Its statements
+        // take a few milliseconds each, and no connection is held across a request to a
+        // partner. Other connections' dispatchers run beside them, as their loops do: a
+        // connection with a backlog does not take turns from the others.
+        let connection_pool = connect::sibling(
+            &pool,
+            settings.delivery.database_connections,
+            Duration::from_millis(settings.database.commit_timeout_ms),
+            &format!("gateway delivery {}", c.name),
+        );
+        pools.push(connection_pool.clone());
         for direction in DIRECTIONS {
             let turn = Arc::new(tokio::sync::Mutex::new(()));
             for _ in 0..settings.delivery.workers {
                 let (pool, settings, clients, cancel, turn) = (
-                    pool.clone(),
+                    connection_pool.clone(),
                     settings.clone(),
                     clients.clone(),
                     cancel.clone(),
@@ -95,7 +90,10 @@ async fn dispatch(
             tracing::error!(error = %e, "A dispatcher task panicked.");
         }
     }
-    if let Err(e) = store::unregister_mode(pool, &process).await {
+    for connection_pool in pools {
+        connection_pool.close().await;
+    }
+    if let Err(e) = store::unregister_mode(&pool, &process).await {
         tracing::warn!(error = %e, "Could not remove this process's dispatcher registrations.");
     }
 }

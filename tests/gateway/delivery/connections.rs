@@ -1,28 +1,33 @@
-//! The dispatchers' database connections: a pool of their own (`delivery.database_connections`),
-//! apart from ingest's, so that delivery's statements never run more than that many at once.
+//! The dispatchers' database connections: each gateway connection's dispatchers (both
+//! directions) have a pool of their own (`delivery.database_connections`), apart from ingest's
+//! and from the other connections', so that their statements never run more than that many at
+//! once.
 
 use super::{track, Harness, EVENTS};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use wiremock::matchers::method;
 use wiremock::{Mock, ResponseTemplate};
 
-/// Connections named `gateway delivery` on the test's database.
-async fn delivery_backends(h: &Harness) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name = 'gateway delivery'",
+/// Backends of the test's database per `gateway delivery …` application name.
+async fn delivery_backends(h: &Harness) -> BTreeMap<String, i64> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT application_name, count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name LIKE 'gateway delivery%'
+         GROUP BY 1",
     )
-    .fetch_one(&h.pool)
+    .fetch_all(&h.pool)
     .await
-    .unwrap()
+    .unwrap();
+    rows.into_iter().collect()
 }
 
 #[tokio::test]
-async fn the_dispatchers_of_a_process_share_the_database_connections_they_are_given() {
+async fn each_connections_dispatchers_share_the_database_connections_they_are_given() {
     // Arrange: three connections with two dispatchers per direction each (twelve loops), one
-    // database connection for all of them, and an Iterable that takes 20 ms per answer, so
-    // that the loops' batches overlap.
+    // database connection for each connection's four, and an Iterable that takes 20 ms per
+    // answer, so that the loops' batches overlap.
     let h = Harness::with(|s| {
         s.delivery.workers = 2;
         s.delivery.database_connections = 1;
@@ -55,14 +60,17 @@ async fn the_dispatchers_of_a_process_share_the_database_connections_they_are_gi
             .collect();
         h.insert_into(name, &events).await;
     }
-    assert_eq!(delivery_backends(&h).await, 0);
+    assert!(delivery_backends(&h).await.is_empty());
 
-    // Act: the loops deliver everything, the connections watched meanwhile.
+    // Act: the loops deliver everything, their connections watched meanwhile.
     let (cancel, workers) = h.spawn_workers();
     let started = Instant::now();
-    let mut most = 0;
+    let mut most: BTreeMap<String, i64> = BTreeMap::new();
     loop {
-        most = most.max(delivery_backends(&h).await);
+        for (name, n) in delivery_backends(&h).await {
+            let seen = most.entry(name).or_default();
+            *seen = (*seen).max(n);
+        }
         let pending: i64 = sqlx::query_scalar(&format!(
             "SELECT count(*) FROM {EVENTS} WHERE state = 'pending'"
         ))
@@ -81,7 +89,8 @@ async fn the_dispatchers_of_a_process_share_the_database_connections_they_are_gi
     cancel.cancel();
     workers.await.unwrap();
 
-    // Assert: every event delivered, through one connection, which closed with the loops.
+    // Assert: every event delivered, each connection's through one database connection of its
+    // own, and those closed with the loops.
     let delivered: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM {EVENTS} WHERE state = 'delivered'"
     ))
@@ -89,13 +98,20 @@ async fn the_dispatchers_of_a_process_share_the_database_connections_they_are_gi
     .await
     .unwrap();
     assert_eq!(delivered, 180);
-    assert_eq!(most, 1, "connections the dispatchers had open at once");
+    let expected: BTreeMap<String, i64> = ["a", "b", "shop"]
+        .into_iter()
+        .map(|c| (format!("gateway delivery {c}"), 1))
+        .collect();
+    assert_eq!(
+        most, expected,
+        "the most connections open at once, per name"
+    );
     let closed = async {
-        while delivery_backends(&h).await > 0 {
+        while !delivery_backends(&h).await.is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
     tokio::time::timeout(Duration::from_secs(5), closed)
         .await
-        .expect("the dispatchers' connection closes when they stop");
+        .expect("the dispatchers' connections close when they stop");
 }
