@@ -68,7 +68,7 @@ pub async fn run(
         );
         pools.push(connection_pool.clone());
         for direction in DIRECTIONS {
-            let turn = Arc::new(tokio::sync::Mutex::new(()));
+            let turn = Arc::new(ClaimTurn::default());
             for _ in 0..settings.delivery.workers {
                 let (pool, settings, clients, cancel, turn) = (
                     connection_pool.clone(),

@@ -23,6 +23,15 @@ async fn delivery_backends(h: &Harness) -> BTreeMap<String, i64> {
     rows.into_iter().collect()
 }
 
+/// Events (all connections) in `state`.
+async fn events_in(h: &Harness, state: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {EVENTS} WHERE state = $1"))
+        .bind(state)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn each_connections_dispatchers_share_the_database_connections_they_are_given() {
     // Arrange: three connections with two dispatchers per direction each (twelve loops), one
@@ -71,12 +80,7 @@ async fn each_connections_dispatchers_share_the_database_connections_they_are_gi
             let seen = most.entry(name).or_default();
             *seen = (*seen).max(n);
         }
-        let pending: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM {EVENTS} WHERE state = 'pending'"
-        ))
-        .fetch_one(&h.pool)
-        .await
-        .unwrap();
+        let pending = events_in(&h, "pending").await;
         if pending == 0 {
             break;
         }
@@ -91,13 +95,7 @@ async fn each_connections_dispatchers_share_the_database_connections_they_are_gi
 
     // Assert: every event delivered, each connection's through one database connection of its
     // own, and those closed with the loops.
-    let delivered: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM {EVENTS} WHERE state = 'delivered'"
-    ))
-    .fetch_one(&h.pool)
-    .await
-    .unwrap();
-    assert_eq!(delivered, 180);
+    assert_eq!(events_in(&h, "delivered").await, 180);
     let expected: BTreeMap<String, i64> = ["a", "b", "shop"]
         .into_iter()
         .map(|c| (format!("gateway delivery {c}"), 1))

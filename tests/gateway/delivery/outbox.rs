@@ -4,6 +4,7 @@
 
 use super::{track, Harness};
 use gateway::audit::Direction;
+use gateway::database::connect;
 use gateway::delivery::store::{self, ClaimScope};
 use serde_json::json;
 use sqlx::PgPool;
@@ -152,12 +153,8 @@ async fn the_lane_follows_a_pending_events_user_key_when_a_deletion_rewrites_it(
 
 /// A pool of one connection to the harness's database: one backend, whose plans and settings
 /// carry from one statement to the next.
-async fn one_backend(h: &Harness) -> PgPool {
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with((*h.pool.connect_options()).clone())
-        .await
-        .unwrap()
+fn one_backend(h: &Harness) -> PgPool {
+    connect::sibling(&h.pool, 1, Duration::from_secs(30), "one backend")
 }
 
 /// Shared buffers a statement touched, from its `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)`
@@ -195,7 +192,7 @@ async fn a_claim_reads_its_batch_not_the_backlog_even_with_the_statistics_of_an_
 
     // One backend, whose first claim (of one event) has planned the functions' statements and
     // filled its caches: the claim measured reads only what it needs.
-    let one = one_backend(&h).await;
+    let one = one_backend(&h);
     let scope = ClaimScope {
         direction: Direction::SegmentToIterable,
         connection: "shop",
@@ -242,7 +239,7 @@ async fn a_settle_reads_its_batch_not_the_backlog_even_with_the_statistics_of_an
     ] {
         sqlx::query(sql).execute(&h.pool).await.unwrap();
     }
-    let one = one_backend(&h).await;
+    let one = one_backend(&h);
     let settle = |ids: Vec<i64>| {
         format!(
             "SELECT gateway_settle('me', 'shop', 'segment_to_iterable', 'delivered', NULL, 'a',
@@ -302,7 +299,7 @@ async fn an_attempt_is_committed_without_waiting_for_the_disk_and_the_connection
     // Arrange: one connection, so that what the attempt's statement set would show on the next;
     // durable commits on it (the test cluster runs without them).
     let h = Harness::start().await;
-    let one = one_backend(&h).await;
+    let one = one_backend(&h);
     sqlx::query("SET synchronous_commit = on")
         .execute(&one)
         .await
