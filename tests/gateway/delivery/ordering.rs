@@ -12,22 +12,33 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
 async fn track_bulk_answers(h: &Harness, status: u16) {
+    track_bulk_answers_after(h, status, Duration::ZERO).await
+}
+
+/// [`track_bulk_answers`], each answer after `delay`.
+async fn track_bulk_answers_after(h: &Harness, status: u16, delay: Duration) {
     Mock::given(method("POST"))
         .and(path("/api/events/trackBulk"))
-        .respond_with(ResponseTemplate::new(status).set_body_json(json!({"successCount": 1})))
+        .respond_with(
+            ResponseTemplate::new(status)
+                .set_body_json(json!({"successCount": 1}))
+                .set_delay(delay),
+        )
         .mount(&h.iterable)
         .await;
 }
 
 #[tokio::test]
 async fn two_dispatchers_on_one_database_never_send_the_same_event_twice() {
-    // Arrange: 200 events of 40 users, five each; small claims so the two interleave.
+    // Arrange: 200 events of 40 users, five each; small claims so the two interleave, and
+    // answers that take 20 ms, so that on a busy machine one dispatcher cannot send everything
+    // before the other's first claim (it happened: 1 run in 30 under load, (200, 0)).
     let h = Harness::with(|s| s.delivery.claim_batch = 15).await;
     let events: Vec<Value> = (0..200)
         .map(|i| track(&format!("m-{i:03}"), &format!("u-{}", i % 40), "Step"))
         .collect();
     h.insert(&events).await;
-    track_bulk_answers(&h, 200).await;
+    track_bulk_answers_after(&h, 200, Duration::from_millis(20)).await;
 
     // Act
     let (a, b) = tokio::join!(
