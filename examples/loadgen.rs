@@ -101,6 +101,19 @@ struct Mix {
     /// Percent of events that are Order Completed (the rest are other track calls).
     #[arg(long, default_value_t = 5)]
     order_pct: u32,
+    /// How messageIds are spelled: `counter` (`{run}-{worker}-{seq}`, growing per client, as
+    /// analytics-node's `node-next-<ms>-<uuid>` grow with time) or `uuid` (a UUID derived from
+    /// the same, in no order, as analytics-python's uuid4s): the index entries messageIds make
+    /// cost PostgreSQL more when they come in no order.
+    #[arg(long, value_enum, default_value_t = MessageIds::Counter)]
+    message_ids: MessageIds,
+}
+
+/// [`Mix::message_ids`].
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+enum MessageIds {
+    Counter,
+    Uuid,
 }
 
 #[derive(Parser, Clone)]
@@ -461,6 +474,7 @@ struct BatchMaker {
     events: usize,
     /// Put each track's messageId in `properties.ref` too (`--ack-log`).
     tag_refs: bool,
+    message_ids: MessageIds,
 }
 
 impl BatchMaker {
@@ -475,6 +489,18 @@ impl BatchMaker {
             order_pct: mix.order_pct,
             events: mix.batch,
             tag_refs: false,
+            message_ids: mix.message_ids,
+        }
+    }
+
+    /// The messageId of event `seq` of this worker.
+    fn message_id(&self, seq: u64) -> String {
+        let counter = format!("{}-{}-{seq}", self.run, self.worker);
+        match self.message_ids {
+            MessageIds::Counter => counter,
+            MessageIds::Uuid => {
+                uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, counter.as_bytes()).to_string()
+            }
         }
     }
 
@@ -482,7 +508,7 @@ impl BatchMaker {
     fn last_refs(&self) -> String {
         let first = self.seq + 1 - self.events as u64;
         (first..=self.seq)
-            .map(|seq| format!("{}-{}-{seq}", self.run, self.worker))
+            .map(|seq| self.message_id(seq))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -508,8 +534,9 @@ impl BatchMaker {
             let user = self.rng.gen_range(0..self.users);
             let roll = self.rng.gen_range(0..100u32);
             let (run, worker, seq) = (&self.run, self.worker, self.seq);
+            let id = self.message_id(seq);
             let common = format!(
-                r#""messageId":"{run}-{worker}-{seq}","userId":"user-{user}","timestamp":"{ts}","context":{CONTEXT}"#
+                r#""messageId":"{id}","userId":"user-{user}","timestamp":"{ts}","context":{CONTEXT}"#
             );
             let event = if roll < self.identify_pct {
                 format!(
@@ -524,7 +551,7 @@ impl BatchMaker {
             } else {
                 let name = EVENTS[(seq % EVENTS.len() as u64) as usize];
                 let tag = if self.tag_refs {
-                    format!(r#""ref":"{run}-{worker}-{seq}","#)
+                    format!(r#""ref":"{id}","#)
                 } else {
                     String::new()
                 };
@@ -1160,6 +1187,7 @@ async fn drive(args: DriveArgs) -> anyhow::Result<()> {
             "mode": mode, "target": target, "connections": conns, "seconds": secs,
             "warmup": args.warmup, "batch": batch, "users": args.mix.users,
             "identify_pct": args.mix.identify_pct, "order_pct": args.mix.order_pct,
+            "message_ids": format!("{:?}", args.mix.message_ids).to_lowercase(),
             "gateway_processes": args.url.len(), "gateway_workers": args.gateway_workers,
             "baseline": baseline,
             "batches_ok": stats.ok, "errors": stats.statuses,
@@ -1319,11 +1347,12 @@ fn who(r: &serde_json::Value) -> String {
 fn print_rows(rows: &[serde_json::Value]) {
     let Some(first) = rows.first() else { return };
     println!(
-        "\n`POST /v1/batch`, {} events per batch ({}% identify, {}% Order Completed, the rest other tracks; {} userIds), {} cores; {}s measured after {}s warm-up per mode. The baseline writes the same batches from the same generator straight into PostgreSQL (one `INSERT … SELECT FROM unnest` per batch into a table with one index, on the gateway's cluster, fsync on).\n",
+        "\n`POST /v1/batch`, {} events per batch ({}% identify, {}% Order Completed, the rest other tracks; {} userIds; messageIds {}), {} cores; {}s measured after {}s warm-up per mode. The baseline writes the same batches from the same generator straight into PostgreSQL (one `INSERT … SELECT FROM unnest` per batch into a table with one index, on the gateway's cluster, fsync on).\n",
         num(first, "batch").max(100.0),
         num(first, "identify_pct"),
         num(first, "order_pct"),
         num(first, "users"),
+        first["message_ids"].as_str().unwrap_or("counter"),
         num(first, "cores"),
         num(first, "seconds"),
         num(first, "warmup"),
