@@ -84,6 +84,10 @@ struct MockArgs {
     /// `messageId`). Written before the 200 is sent.
     #[arg(long)]
     record: Option<PathBuf>,
+    /// Milliseconds every answer waits (Iterable's own answers take about 100–300 ms; the
+    /// default, none, measures the gateway alone).
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
 }
 
 /// The event mix (shared by `drive` and `storage`, so that both see the same events).
@@ -263,6 +267,7 @@ struct MockState {
     stats: MockStats,
     api_key: Option<String>,
     record: Option<Mutex<std::fs::File>>,
+    latency: Duration,
 }
 
 /// The `--record` lines of one request: `path<TAB>ref<TAB>id` per event.
@@ -308,6 +313,9 @@ struct BulkBody {
 const FAILED_UPDATES: &str = r#"{"conflictEmails":[],"conflictUserIds":[],"forgottenEmails":[],"forgottenUserIds":[],"invalidDataEmails":[],"invalidDataUserIds":[],"invalidEmails":[],"invalidUserIds":[],"notFoundEmails":[],"notFoundUserIds":[]}"#;
 
 async fn mock_api(req: HttpRequest, body: web::Bytes, state: web::Data<MockState>) -> HttpResponse {
+    if !state.latency.is_zero() {
+        tokio::time::sleep(state.latency).await;
+    }
     let path = req.path().to_string();
     let stats = &state.stats;
     stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -428,6 +436,7 @@ async fn mock(args: MockArgs) -> anyhow::Result<()> {
         stats: MockStats::default(),
         api_key: args.api_key,
         record,
+        latency: Duration::from_millis(args.latency_ms),
     });
     let listener = std::net::TcpListener::bind(("127.0.0.1", args.port))?;
     let port = listener.local_addr()?.port();

@@ -129,6 +129,11 @@ pub struct DeliverySettings {
     pub workers: usize,
     /// Most events one dispatcher claims at a time.
     pub claim_batch: i64,
+    /// Requests of one batch in flight at once, per dispatcher (the rate limits still apply).
+    /// A batch's single-user calls (trackPurchase, updateCart, ...) go out this many at a time,
+    /// so with a partner that takes L to answer, a dispatcher sends at most this many / L.
+    #[serde(default = "default_concurrent_requests")]
+    pub concurrent_requests: usize,
     /// PostgreSQL connections each connection's dispatchers (both directions) share: a pool of
     /// their own, apart from ingest's and from the other connections' (`worker::run`).
     #[serde(default = "default_database_connections")]
@@ -162,6 +167,14 @@ pub struct DeliverySettings {
 fn default_database_connections() -> u32 {
     1
 }
+
+fn default_concurrent_requests() -> usize {
+    64
+}
+
+/// The most `delivery.concurrent_requests`: each is a socket, and a task and a request body in
+/// memory.
+pub const MAX_CONCURRENT_REQUESTS: usize = 1024;
 
 fn default_pause_probe_secs() -> u64 {
     60
@@ -198,6 +211,12 @@ impl DeliverySettings {
             return bad(format!(
                 "delivery.claim_batch is {}; it must be at least 1",
                 self.claim_batch
+            ));
+        }
+        if !(1..=MAX_CONCURRENT_REQUESTS).contains(&self.concurrent_requests) {
+            return bad(format!(
+                "delivery.concurrent_requests is {}; it must be between 1 and {MAX_CONCURRENT_REQUESTS}",
+                self.concurrent_requests
             ));
         }
         if self.database_connections < 1 {
@@ -597,8 +616,16 @@ mod tests {
     #[test]
     fn delivery_ranges_are_checked_with_the_key_named() {
         type Change = fn(&mut DeliverySettings);
-        let cases: [(Change, &str); 8] = [
+        let cases: [(Change, &str); 10] = [
             (|d| d.lease_secs = 0, "delivery.lease_secs is 0"),
+            (
+                |d| d.concurrent_requests = 0,
+                "delivery.concurrent_requests is 0; it must be between 1 and 1024",
+            ),
+            (
+                |d| d.concurrent_requests = 1025,
+                "delivery.concurrent_requests is 1025",
+            ),
             (
                 |d| d.database_connections = 0,
                 "delivery.database_connections is 0",

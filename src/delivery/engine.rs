@@ -32,9 +32,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Requests of one round in flight at once, per dispatcher (the rate limits still apply).
-pub const CONCURRENT_REQUESTS: usize = 16;
-
 /// The `endpoint` label of events settled without a request of theirs (skipped, refused by
 /// the mapping, released before sending).
 const NO_ENDPOINT: &str = "none";
@@ -388,7 +385,7 @@ impl<P: Partner> Run<'_, P> {
             // compiler once the future must be `Send` (rust-lang/rust#102211).
             let sent = stream::iter(admissions)
                 .map(|(i, admission)| self.attempt(&requests[i], admission, round))
-                .buffer_unordered(CONCURRENT_REQUESTS)
+                .buffer_unordered(self.ctx.settings.delivery.concurrent_requests)
                 .try_collect::<Vec<()>>()
                 .await;
             // What the round decided is written before anything else is tried, even when a
@@ -530,7 +527,9 @@ impl<P: Partner> Run<'_, P> {
             // At most as many tokens as requests go out at once: a token taken now for a
             // request that waits for a free slot would let the partner see more than the limit
             // in a second (the others take theirs when their turn comes).
-            let want = indexes.len().min(CONCURRENT_REQUESTS);
+            let want = indexes
+                .len()
+                .min(self.ctx.settings.delivery.concurrent_requests);
             let grant = self
                 .ctx
                 .clients

@@ -4,6 +4,7 @@
 //! (`write_group`), and `worker::drain` dispatches them.
 
 mod bulk;
+mod concurrency;
 mod connections;
 mod endpoints;
 mod engine;
