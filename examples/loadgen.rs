@@ -84,8 +84,8 @@ struct MockArgs {
     /// `messageId`). Written before the 200 is sent.
     #[arg(long)]
     record: Option<PathBuf>,
-    /// Milliseconds every answer waits (Iterable's own answers take about 100–300 ms; the
-    /// default, none, measures the gateway alone).
+    /// Milliseconds every answer waits, as a partner across the internet makes its callers wait
+    /// (the default, none, measures the gateway alone).
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
 }
