@@ -16,7 +16,7 @@ mod window;
 
 use gateway::audit::writer::write_group;
 use gateway::audit::{Direction, EventState, InboundRecord, NewEvent};
-use gateway::configuration::{DeliveryMode, Settings, UpstreamSettings};
+use gateway::configuration::{ConnectionSettings, DeliveryMode, Settings, UpstreamSettings};
 use gateway::delivery::{worker, Clients};
 use gateway::mapping::{js, Destination, Outcome, PlannedRequest};
 use gateway::segment::event::SegmentEvent;
@@ -36,6 +36,11 @@ pub const EVENTS: &str = "(SELECT e.id, e.received_at, e.connection, e.direction
       ON o.connection = e.connection AND o.direction = e.direction AND o.event_id = e.id) AS event";
 
 pub const API_KEY: &str = "test-key";
+
+/// A connection named `name` with the test's Iterable key and the default settings.
+pub fn connection(name: &str) -> ConnectionSettings {
+    serde_json::from_value(json!({"name": name, "iterable_api_key": API_KEY})).unwrap()
+}
 
 pub struct Harness {
     pub pool: PgPool,
@@ -112,11 +117,7 @@ impl Harness {
             us_url: iterable.uri(),
             eu_url: iterable.uri(),
         };
-        settings.connections =
-            vec![
-                serde_json::from_value(json!({"name": "shop", "iterable_api_key": API_KEY}))
-                    .unwrap(),
-            ];
+        settings.connections = vec![connection("shop")];
         tweak(&mut settings);
         // No jitter: 0.5 is the middle of the ±20 % band.
         let clients = Clients::new(&settings.delivery)

@@ -3,7 +3,7 @@
 //! and from the other connections', so that their statements never run more than that many at
 //! once.
 
-use super::{track, Harness, EVENTS};
+use super::{connection, track, Harness, EVENTS};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -41,12 +41,7 @@ async fn each_connections_dispatchers_share_the_database_connections_they_are_gi
         s.delivery.workers = 2;
         s.delivery.database_connections = 1;
         s.delivery.claim_batch = 20;
-        for name in ["a", "b"] {
-            s.connections.push(
-                serde_json::from_value(json!({"name": name, "iterable_api_key": "test-key"}))
-                    .unwrap(),
-            );
-        }
+        s.connections.extend(["a", "b"].map(connection));
     })
     .await;
     Mock::given(method("POST"))

@@ -7,7 +7,7 @@
 //! window of `W` seconds the mock sees at most `limit·W + burst` requests (plus one for the
 //! jitter of arrival times).
 
-use super::{identify, track, Harness, API_KEY, EVENTS};
+use super::{connection, identify, track, Harness, API_KEY, EVENTS};
 use gateway::audit::writer::write_group;
 use gateway::audit::{Direction, EventState, InboundRecord, NewEvent};
 use gateway::configuration::{DeliveryMode, Settings};
@@ -175,10 +175,10 @@ async fn every_shipped_limit_holds_per_endpoint() {
     h.drain_all().await;
 
     // Assert
+    let concurrent = shipped.delivery.concurrent_requests;
     for ((endpoint, n, _), s) in cases.iter().zip(&stamps) {
         let times = s.times();
         assert_eq!(times.len(), *n, "{endpoint}: every event sent once");
-        let concurrent = shipped.delivery.concurrent_requests;
         assert_within(
             &times,
             shipped.delivery.rate_limit(endpoint),
@@ -425,9 +425,7 @@ async fn a_bad_key_pauses_only_its_connection_and_a_probe_or_a_new_key_resumes_i
     let h = Harness::with(|s| {
         s.delivery.workers = 1;
         s.connections[0].iterable_api_key = Some("revoked".to_string().into());
-        s.connections.push(
-            serde_json::from_value(json!({"name": "other", "iterable_api_key": API_KEY})).unwrap(),
-        );
+        s.connections.push(connection("other"));
         s.delivery.pause_probe_secs = 1;
     })
     .await;
